@@ -1,0 +1,1 @@
+"""Units of work: plain functions that do each stage's work, plus thin Prefect wrappers."""
