@@ -1,4 +1,4 @@
-"""Running datatrove pipelines: the engine of every data stage, local processes here, Slurm or Ray at scale."""
+"""Running datatrove pipelines, the engine of every data stage: local processes here, Slurm or Ray later."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def merged_stats(logging_dir: DataFolder) -> PipelineStats:
 def counters(stats: PipelineStats, step_name: str) -> dict[str, Any]:
     """The plain counters of one step (`total`, `dropped`, `dropped_<reason>`, ...) as numbers."""
     for block in stats.stats:
-        if block.name == step_name:
+        if block.name == step_name or block.name.endswith(f": {step_name}"):
             return {k: (v.total if hasattr(v, "total") else v) for k, v in block.stats.items()}
     return {}
+
+
+def written(stats: PipelineStats) -> int:
+    """Documents that reached the pipeline's last step (its writer)."""
+    last = stats.stats[-1] if stats.stats else None
+    total = last.stats.get("total") if last else None
+    return int(total.total) if total is not None else 0

@@ -17,7 +17,8 @@ import fsspec
 from fsspec.core import url_to_fs
 
 
-def _storage_options(url: str) -> dict:
+def storage_options(url: str) -> dict:
+    """fsspec options for a URL: S3-compatible endpoints come from `AWS_ENDPOINT_URL`."""
     if url.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
         return {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
     return {}
@@ -37,7 +38,7 @@ class Storage:
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
-        fs, _ = url_to_fs(self.root, **_storage_options(self.root))
+        fs, _ = url_to_fs(self.root, **storage_options(self.root))
         return fs
 
     @property
@@ -107,3 +108,8 @@ class Storage:
         target = self.path(*parts)
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
+
+
+def open_url(url: str, mode: str = "rb"):
+    """Open any fsspec URL (local path, s3://, ...) with Forja's storage options."""
+    return fsspec.open(url, mode, **storage_options(url))

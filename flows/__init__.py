@@ -1,0 +1,1 @@
+"""Prefect flows: the DAGs Forja runs, composed from tasks; and the `forja` command."""

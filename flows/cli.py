@@ -1,0 +1,122 @@
+"""`forja`: one subcommand per flow, the same options everywhere.
+
+Exit codes: 0 success, 2 bad input or configuration (the message names the file/record/key and the fix),
+1 any other failure.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# Prefect reads its settings at import: quiet, patient defaults for a laptop with no server.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Forja: train a language model end to end."
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Recipe (YAML).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override: key.path=value (repeatable).")
+]
+StorageOpt = Annotated[
+    str | None, typer.Option("--storage", help="Storage root: folder or s3://bucket/prefix.")
+]
+InputOpt = Annotated[list[str] | None, typer.Option("--input", "-i", help="Replace the stage's inputs.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the stage's manifest as JSON on stdout.")]
+
+DEFAULT_CONFIG = Path("configs/tiny.yaml")
+
+
+@app.callback()
+def _root() -> None:
+    """Options are the same for every subcommand; the recipe defaults to configs/tiny.yaml."""
+
+
+def _load(config: Path | None, sets: list[str] | None, storage: str | None):
+    from tasks.config import load_config
+
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    cfg = load_config(path, sets or [])
+    if storage:
+        cfg = cfg.model_copy(update={"storage": storage})
+    return cfg
+
+
+def _finish(manifest, as_json: bool, summary: list[str]) -> None:
+    if as_json:
+        sys.stdout.write(manifest.model_dump_json() + "\n")
+        return
+    from rich.console import Console
+
+    console = Console()
+    for line in summary:
+        console.print(line)
+    console.print(f"[bold]manifest:[/bold] {manifest.url}/manifest.json")
+
+
+def _run(body) -> None:
+    """Run a command body; map failures to the documented exit codes."""
+    from tasks.errors import ForjaInputError
+
+    try:
+        body()
+    except ForjaInputError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
+    except Exception as e:  # noqa: BLE001 - the last line of defence prints one clear line
+        typer.echo(f"failed: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def corpus(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Add only new input to the latest version.")
+    ] = False,
+) -> None:
+    """Collect, clean, deduplicate, detox and measure a corpus."""
+
+    def body():
+        from flows.corpus import corpus_flow, corpus_refresh
+
+        cfg = _load(config, set_, storage)
+        flow = corpus_refresh if refresh else corpus_flow
+        m = flow(cfg.corpus, cfg.storage, input_ or None)
+        s = m.stats
+        langs = ", ".join(f"{k} {100 * v['share_of_tokens']:.0f} %" for k, v in s["languages"].items())
+        funnel = " -> ".join(f"{r['stage']} {r['documents_out']:,}" for r in s["funnel"])
+        _finish(
+            m,
+            as_json,
+            [
+                f"[bold green]corpus[/bold green]: {s['documents']:,} documents, "
+                f"~{s['tokens_estimate']:,} tokens, estimated {s['estimated_size']} ({langs})",
+                f"funnel: {funnel}",
+                f"report: {m.url}/report.md",
+            ],
+        )
+
+    _run(body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
