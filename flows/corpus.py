@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 from tasks.config import CorpusConfig
 from tasks.corpus import versions
 from tasks.corpus.steps import clean_task, collect_task, dedup_task, detox_task, stats_task
+from tasks.errors import ForjaInputError
 from tasks.manifest import Manifest
 from tasks.storage import Storage
 
@@ -23,6 +24,7 @@ def corpus_flow(
     deduped = dedup_task(store, config, cleaned)
     final = detox_task(store, config, deduped)
     corpus = stats_task(store, config, [final], [collected, cleaned, deduped, final])
+    _check_not_empty(corpus, cleaned)
     version = versions.publish(store, corpus, deduped, [final], collected.config["sources"])
     get_run_logger().info("corpus version %d: %s", version.version, corpus.url)
     return corpus
@@ -53,3 +55,20 @@ def corpus_refresh(
     )
     get_run_logger().info("corpus version %d: %s", version.version, corpus.url)
     return corpus
+
+
+def _check_not_empty(corpus: Manifest, cleaned: Manifest) -> None:
+    """An empty corpus is bad input, said with where the documents went and what to change."""
+    if corpus.stats["documents"]:
+        return
+    funnel = ", ".join(
+        f"{r['stage']} {r['documents_in']} -> {r['documents_out']}" for r in corpus.stats["funnel"]
+    )
+    filters = ", ".join(
+        f"{k}: {v['removed']}" for k, v in cleaned.stats.get("filters", {}).items() if v["removed"]
+    )
+    raise ForjaInputError(
+        f"the corpus is empty ({funnel}; removed by clean filters: {filters or 'none'}). "
+        f"Removed documents are kept under {cleaned.url}/removed/ for inspection; add input or loosen "
+        "corpus.clean.* (e.g. --set corpus.clean.gopher_repetition=false)"
+    )

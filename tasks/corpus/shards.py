@@ -20,8 +20,17 @@ def shard_writer(folder: DataFolder) -> JsonlWriter:
     return JsonlWriter(folder, output_filename=SHARD_NAME, compression="gzip", adapter=_record)
 
 
+class ShardReader(JsonlReader):
+    """datatrove's JSONL reader that reads an empty stage output as no documents, not as an error."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        if not self.data_folder.list_files(glob_pattern=self.glob_pattern):
+            return
+        yield from super().run(data, rank, world_size)
+
+
 def shard_reader(folder: DataFolder) -> JsonlReader:
-    return JsonlReader(folder, glob_pattern="*.jsonl.gz", compression="gzip", add_file_path=False)
+    return ShardReader(folder, glob_pattern="*.jsonl.gz", compression="gzip", add_file_path=False)
 
 
 def iter_records(folder: DataFolder) -> Iterator[dict]:

@@ -264,6 +264,16 @@ def _warc_records(src: Source, report: Report, wanted: set[str]) -> Iterator[tup
                 headers = dict(record.rec_headers.headers)
                 ctype = record.http_headers.get_header("Content-Type") if record.http_headers else None
                 body = record.content_stream().read()
+                if getattr(record.raw_stream, "limit", 0) > 0:  # fewer bytes than its Content-Length
+                    uri = headers.get("WARC-Target-URI", "?")
+                    report(
+                        Problem(
+                            src.url,
+                            f"truncated WARC: record of {uri} ends early; re-download the file",
+                            f"record {n + 1}",
+                        )
+                    )
+                    return
                 n += 1
                 yield {**headers, "_content_type": ctype or headers.get("Content-Type", "")}, body
     except (ArchiveLoadFailed, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
