@@ -114,6 +114,36 @@ def corpus(
     _run(body)
 
 
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole pipeline on the recipe (default: the bundled sample, on CPU)."""
+
+    def body():
+        from flows.pipeline import pipeline
+
+        cfg = _load(config, set_, storage)
+        if input_:
+            cfg.corpus.collect.inputs = list(input_)
+        results = pipeline(cfg)
+        corpus = results["corpus"]
+        _finish(
+            corpus,
+            as_json,
+            [
+                f"[bold green]pipeline[/bold green]: corpus of {corpus.stats['documents']:,} documents",
+                f"report: {corpus.url}/report.md",
+            ],
+        )
+
+    _run(body)
+
+
 def main() -> None:
     app()
 

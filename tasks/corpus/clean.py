@@ -21,8 +21,8 @@ from datatrove.pipeline.filters import (
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.formatters import PIIFormatter
-from datatrove.pipeline.formatters.pii import PIIReplacer
 from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.pipeline.formatters.pii import PIIReplacer
 
 from tasks.config import CleanConfig, CorpusConfig
 from tasks.corpus import lang as lang_module

@@ -1,0 +1,1 @@
+"""PyTorch and Lightning: architectures, training modules and the training entry point."""
