@@ -17,6 +17,8 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+if os.environ.get("FORJA_VERBOSE") != "1":
+    os.environ.setdefault("TQDM_DISABLE", "1")  # datatrove's inner bars; the command draws its own
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Forja: train a language model end to end."
@@ -62,6 +64,62 @@ def _finish(manifest, as_json: bool, summary: list[str]) -> None:
     console.print(f"[bold]manifest:[/bold] {manifest.url}/manifest.json")
 
 
+class StageProgress:
+    """A rich progress bar over the stages of a flow, with one line per finished stage."""
+
+    def __init__(self, total: int):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("starting", total=total)
+        self.started: dict[str, float] = {}
+
+    def __call__(self, stage: str, event: str, manifest) -> None:
+        import time
+
+        if event == "start":
+            self.started[stage] = time.time()
+            self.bar.update(self.task, description=f"[cyan]{stage}[/cyan]")
+            return
+        seconds = time.time() - self.started.get(stage, time.time())
+        reused = manifest.created_at.timestamp() < self.started.get(stage, 0)
+        docs = manifest.stats.get("documents")
+        what = f"{docs:,} documents" if isinstance(docs, int) else ""
+        self.bar.console.print(
+            f"  [green]✓[/green] {stage:<8} {what:<18} {seconds:6.1f} s"
+            + ("  [dim](reused)[/dim]" if reused else "")
+        )
+        self.bar.advance(self.task)
+
+    def __enter__(self):
+        from tasks import progress
+
+        self.bar.start()
+        self._unsubscribe = progress.subscribe(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._unsubscribe()
+        self.bar.stop()
+
+
 def _run(body) -> None:
     """Run a command body; map failures to the documented exit codes."""
     from tasks.errors import ForjaInputError
@@ -96,7 +154,8 @@ def corpus(
 
         cfg = _load(config, set_, storage)
         flow = corpus_refresh if refresh else corpus_flow
-        m = flow(cfg.corpus, cfg.storage, input_ or None)
+        with StageProgress(total=5):
+            m = flow(cfg.corpus, cfg.storage, input_ or None)
         s = m.stats
         langs = ", ".join(f"{k} {100 * v['share_of_tokens']:.0f} %" for k, v in s["languages"].items())
         funnel = " -> ".join(f"{r['stage']} {r['documents_out']:,}" for r in s["funnel"])
@@ -130,7 +189,8 @@ def run(
         cfg = _load(config, set_, storage)
         if input_:
             cfg.corpus.collect.inputs = list(input_)
-        results = pipeline(cfg)
+        with StageProgress(total=5):
+            results = pipeline(cfg)
         corpus = results["corpus"]
         _finish(
             corpus,

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
+import datatrove.executor.base as dt_base
+import datatrove.utils.logging as dt_logging
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.io import DataFolder
 from datatrove.utils.stats import PipelineStats
+from loguru import logger
+
+VERBOSE = "FORJA_VERBOSE"  # set to 1 to see datatrove's per-shard logs on the console
+
+
+def _quiet_logging() -> None:
+    """datatrove logs every shard at INFO to the console; keep those in the stage's log files and show
+    only warnings, so the command's own progress stays readable."""
+    if os.environ.get(VERBOSE) == "1" or getattr(dt_logging, "_forja_quiet", False):
+        return
+
+    def default_logger() -> None:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+
+    original = dt_logging.add_task_logger
+    dt_logging.setup_default_logger = default_logger
+    # local_rank > 0 is datatrove's own switch for "console at ERROR level, everything in the file"
+    dt_base.add_task_logger = lambda logging_dir, rank, local_rank=0, node_rank=-1: original(
+        logging_dir, rank, 1, node_rank
+    )
+    dt_logging._forja_quiet = True
+    default_logger()
+
+
+class Executor(LocalPipelineExecutor):
+    def _run_for_rank(self, rank: int, local_rank: int = 0):
+        _quiet_logging()  # in worker processes too
+        return super()._run_for_rank(rank, local_rank)
 
 
 def run_pipeline(pipeline: list, logging_dir: DataFolder, tasks: int = 1, workers: int = 1) -> PipelineStats:
@@ -16,9 +49,8 @@ def run_pipeline(pipeline: list, logging_dir: DataFolder, tasks: int = 1, worker
     Shards completed by an earlier, interrupted run are skipped (their completion marker is written
     after their output is closed), so a rerun resumes instead of starting over.
     """
-    LocalPipelineExecutor(
-        pipeline=pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir
-    ).run()
+    _quiet_logging()
+    Executor(pipeline=pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir).run()
     return merged_stats(logging_dir)
 
 

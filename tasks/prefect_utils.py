@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NONE
 
+from tasks import progress
 from tasks.errors import is_transient
 
 
@@ -25,8 +27,16 @@ def stage_task(fn: Callable, name: str, retries: int = 2) -> Task:
     The stage's manifest is its cache (content keys, found in the storage root by any process or machine),
     so Prefect's own result cache is off: a rerun calls the function, which returns the manifest at once.
     """
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        progress.emit(name, "start")
+        manifest = fn(*args, **kwargs)
+        progress.emit(name, "done", manifest)
+        return manifest
+
     return task(
-        fn,
+        run,
         name=name,
         retries=retries,
         retry_delay_seconds=[2, 10, 30][:retries],
