@@ -42,7 +42,7 @@ from tasks.corpus.toxicity import (  # noqa: E402
 SEED = 1234
 BUCKETS = 1 << 17
 C_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-WORDLIST_THRESHOLDS = (1e-9, 0.01, 0.05, 0.1)  # 1e-9: any listed word drops the document, as in C4
+WORDLIST_THRESHOLDS = (1e-9, 0.01, 0.02, 0.05, 0.1)  # 1e-9: any listed word drops the document, as in C4
 CLASSIFIER_THRESHOLDS = (0.3, 0.5, 0.7)
 # Neutral sentences that name groups: a classifier that learned topics instead of abuse flags these.
 IDENTITY_PROBES = {

@@ -121,3 +121,19 @@ def test_rerun_does_no_work(sample_corpus, corpus_cfg):
     storage, corpus = sample_corpus
     again = corpus_flow(corpus_cfg, storage.root)
     assert again.key == corpus.key and again.created_at == corpus.created_at
+
+
+def test_report_and_tables_are_published_in_prefect(sample_corpus):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["corpus-report", "corpus-funnel", "corpus-clean-filters"])
+            )
+        )
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == {"corpus-report", "corpus-funnel", "corpus-clean-filters"}
+    assert "# Corpus report" in by_key["corpus-report"].data and by_key["corpus-report"].type == "markdown"
+    assert by_key["corpus-funnel"].type == "table"
