@@ -87,9 +87,45 @@ class CorpusConfig(Strict):
     workers: int = Field(2, ge=1, description="Processes that run them.")
 
 
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+class TokenizerConfig(Strict):
+    model_type: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: int = Field(4096, ge=64, description="Includes the special tokens and the 256 byte pieces.")
+    character_coverage: float = Field(
+        0.9995,
+        gt=0,
+        le=1,
+        description="Share of characters with a piece of their own; the rest fall back to bytes.",
+    )
+    byte_fallback: bool = Field(True, description="Unknown characters become UTF-8 bytes: no <unk> ever.")
+    split_digits: bool = True
+    special_tokens: list[str] = Field(default_factory=lambda: list(CHAT_TOKENS))
+    max_sentences: int = Field(
+        2_000_000, ge=1000, description="Lines sampled for training: bounds memory on large corpora."
+    )
+    max_line_bytes: int = Field(
+        1 << 16, ge=1024, description="Longer lines are cut into pieces of this size."
+    )
+    threads: int = Field(2, ge=1)
+    val_fraction: float = Field(
+        0.01, ge=0, lt=0.5, description="Documents held out (by id hash) from training and sharded as val."
+    )
+    seed: int = 0
+
+
+class ShardsConfig(Strict):
+    tasks: int = Field(2, ge=1, description="Shards per split (one per process).")
+    workers: int = Field(2, ge=1)
+    batch_docs: int = Field(256, ge=1, description="Documents encoded per call.")
+
+
 class ForjaConfig(Strict):
     storage: str = Field("./forja-store", description="Storage root: a folder or s3://bucket/prefix.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, raw: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -136,17 +135,10 @@ def measure(storage: Storage, cfg: CorpusConfig, parts: list[Manifest], history:
     """Stats of the corpus made of `parts`' shards; `history`: the stages that produced the newest part."""
 
     def build(out: StageDir) -> dict:
-        counts: Counter = Counter()
-        for i, part in enumerate(parts):
-            step = CountCorpus()
-            totals = run_pipeline(
-                [shard_reader(storage.datafolder(part.stage, part.key, "shards")), step],
-                out.work("logs", str(i)),
-                cfg.tasks,
-                cfg.workers,
-            )
-            counts.update(counters(totals, step.name))
-        stats = corpus_stats(counts, cfg.stats.bytes_per_token, funnel_of(history))
+        step = CountCorpus()
+        folders = [storage.datafolder(p.stage, p.key, "shards") for p in parts]
+        totals = run_pipeline([shard_reader(*folders), step], out.work("logs"), cfg.tasks, cfg.workers)
+        stats = corpus_stats(counters(totals, step.name), cfg.stats.bytes_per_token, funnel_of(history))
         stats["parts"] = [
             {"stage": p.stage, "key": p.key, "shards": storage.url(p.stage, p.key, "shards")} for p in parts
         ]

@@ -1,0 +1,1 @@
+"""The tokenizer stage: SentencePiece training and token shards."""
