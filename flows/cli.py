@@ -189,19 +189,56 @@ def run(
         cfg = _load(config, set_, storage)
         if input_:
             cfg.corpus.collect.inputs = list(input_)
-        with StageProgress(total=5):
+        with StageProgress(total=7):
             results = pipeline(cfg)
-        corpus = results["corpus"]
-        _finish(
-            corpus,
-            as_json,
-            [
-                f"[bold green]pipeline[/bold green]: corpus of {corpus.stats['documents']:,} documents",
-                f"report: {corpus.url}/report.md",
-            ],
-        )
+        _finish(results["shards"], as_json, _pipeline_summary(results))
 
     _run(body)
+
+
+@app.command()
+def tokenizer(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the tokenizer on the corpus (built first if needed) and tokenize it into shards."""
+
+    def body():
+        from flows.pipeline import pipeline
+
+        cfg = _load(config, set_, storage)
+        if input_:
+            cfg.corpus.collect.inputs = list(input_)
+        with StageProgress(total=7):
+            results = pipeline(cfg, until="tokenizer")
+        _finish(results["shards"], as_json, _pipeline_summary(results))
+
+    _run(body)
+
+
+def _pipeline_summary(results: dict) -> list[str]:
+    lines = []
+    if corpus := results.get("corpus"):
+        lines.append(
+            f"[bold green]corpus[/bold green]: {corpus.stats['documents']:,} documents, "
+            f"report {corpus.url}/report.md"
+        )
+    if tok := results.get("tokenizer"):
+        heldout = ", ".join(f"{k} {v['bytes_per_token']} B/token" for k, v in tok.stats["heldout"].items())
+        lines.append(
+            f"[bold green]tokenizer[/bold green]: {tok.stats['model_type']} {tok.stats['vocab_size']:,} "
+            f"pieces ({heldout}); transformers files in {tok.url}/hf"
+        )
+    if shards := results.get("shards"):
+        totals = shards.stats["totals"]
+        lines.append(
+            f"[bold green]shards[/bold green]: {shards.stats['tokens']:,} tokens "
+            f"(train {totals['train']['tokens']:,}, val {totals['val']['tokens']:,})"
+        )
+    return lines
 
 
 def main() -> None:

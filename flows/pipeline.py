@@ -1,16 +1,25 @@
-"""The whole pipeline as one flow. Stages join it as they are built: today, the corpus."""
+"""The whole pipeline as one flow. Stages join it as they are built: corpus, then tokenizer."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from prefect import flow
 
 from flows.corpus import corpus_flow
+from flows.tokenize import tokenizer_flow
 from tasks.config import ForjaConfig
 from tasks.manifest import Manifest
 
+Stage = Literal["corpus", "tokenizer"]
+
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(config: ForjaConfig | None = None) -> dict[str, Manifest]:
+def pipeline(config: ForjaConfig | None = None, until: Stage | None = None) -> dict[str, Manifest]:
+    """Every stage in order, each a cached subflow; `until` stops after that stage."""
     config = config or ForjaConfig()
-    corpus = corpus_flow(config.corpus, config.storage)
-    return {"corpus": corpus}
+    results = {"corpus": corpus_flow(config.corpus, config.storage)}
+    if until == "corpus":
+        return results
+    results.update(tokenizer_flow(config.tokenizer, config.shards, config.storage, results["corpus"]))
+    return results
