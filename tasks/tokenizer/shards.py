@@ -71,6 +71,8 @@ class TokenizeToShards(PipelineStep):
 def load_shard(storage: Storage, shards: Manifest, path: str) -> np.ndarray:
     """A token shard as an array (memory-mapped when the storage root is a local folder)."""
     dtype = np.dtype(shards.stats["dtype"])
+    if storage.fs.size(storage.path(STAGE, shards.key, path)) == 0:
+        return np.empty(0, dtype=dtype)  # a rank that got no documents (mmap refuses empty files)
     if storage.is_local:
         return np.memmap(storage.path(STAGE, shards.key, path), dtype=dtype, mode="r")
     with storage.fs.open(storage.path(STAGE, shards.key, path), "rb") as f:
