@@ -189,9 +189,32 @@ def run(
         cfg = _load(config, set_, storage)
         if input_:
             cfg.corpus.collect.inputs = list(input_)
-        with StageProgress(total=7):
+        with StageProgress(total=8):
             results = pipeline(cfg)
-        _finish(results["shards"], as_json, _pipeline_summary(results))
+        _finish(results["pretrain"], as_json, _pipeline_summary(results))
+
+    _run(body)
+
+
+@app.command()
+def pretrain(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pretrain the decoder on the token shards (earlier stages run first if needed, cached)."""
+
+    def body():
+        from flows.pipeline import pipeline
+
+        cfg = _load(config, set_, storage)
+        if input_:
+            cfg.corpus.collect.inputs = list(input_)
+        with StageProgress(total=8):
+            results = pipeline(cfg, until="pretrain")
+        _finish(results["pretrain"], as_json, _pipeline_summary(results))
 
     _run(body)
 
@@ -237,6 +260,12 @@ def _pipeline_summary(results: dict) -> list[str]:
         lines.append(
             f"[bold green]shards[/bold green]: {shards.stats['tokens']:,} tokens "
             f"(train {totals['train']['tokens']:,}, val {totals['val']['tokens']:,})"
+        )
+    if pre := results.get("pretrain"):
+        s = pre.stats
+        lines.append(
+            f"[bold green]pretrain[/bold green]: val loss {s['val_loss']:.3f} after {s['steps']} steps; "
+            f"loss curve {pre.url}/loss.png; transformers export {s['export']}"
         )
     return lines
 

@@ -1,4 +1,4 @@
-"""The whole pipeline as one flow. Stages join it as they are built: corpus, then tokenizer."""
+"""The whole pipeline as one flow. Stages join it as they are built: corpus, tokenizer, pretraining."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Literal
 from prefect import flow
 
 from flows.corpus import corpus_flow
+from flows.pretrain import pretrain_flow
 from flows.tokenize import tokenizer_flow
 from tasks.config import ForjaConfig
 from tasks.manifest import Manifest
 
-Stage = Literal["corpus", "tokenizer"]
+Stage = Literal["corpus", "tokenizer", "pretrain"]
 
 
 @flow(name="pipeline", log_prints=True)
@@ -22,4 +23,9 @@ def pipeline(config: ForjaConfig | None = None, until: Stage | None = None) -> d
     if until == "corpus":
         return results
     results.update(tokenizer_flow(config.tokenizer, config.shards, config.storage, results["corpus"]))
+    if until == "tokenizer":
+        return results
+    results["pretrain"] = pretrain_flow(
+        config.pretrain, config.storage, results["tokenizer"], results["shards"]
+    )
     return results

@@ -121,11 +121,42 @@ class ShardsConfig(Strict):
     batch_docs: int = Field(256, ge=1, description="Documents encoded per call.")
 
 
+class PretrainConfig(Strict):
+    model: dict[str, Any] = Field(
+        default_factory=lambda: {"arch": "gpt2", "n_layer": 4, "n_head": 4, "d_model": 128, "context": 128},
+        description="models.model.ModelConfig fields; vocab_size comes from the tokenizer.",
+    )
+    optim: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 50, "weight_decay": 0.1},
+        description="models.lightning.OptimConfig fields (AdamW, warmup + cosine).",
+    )
+    micro_batch: int = Field(12, ge=1)
+    accumulate: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_steps: int = Field(300, ge=1)
+    val_every: int = Field(100, ge=1)
+    val_windows: int = Field(100, ge=1)
+    ckpt_every: int = Field(100, ge=1)
+    seed: int = 1337
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1, description="Processes (GPUs) per node.")
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
+    compile: bool = False
+    peak_flops: float | None = Field(
+        None, description="Accelerator peak FLOP/s, for MFU (e.g. 989e12 for H100 bf16)."
+    )
+    launcher: Literal["lightning", "torchrun"] = Field(
+        "lightning", description="lightning: one command that spawns its local ranks; torchrun: TorchElastic."
+    )
+
+
 class ForjaConfig(Strict):
     storage: str = Field("./forja-store", description="Storage root: a folder or s3://bucket/prefix.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, raw: str) -> None:

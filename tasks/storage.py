@@ -92,7 +92,8 @@ class Storage:
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base)
-        return sorted(p[len(base) + 1 :] for p in found if not p.rsplit("/", 1)[-1].startswith(".tmp"))
+        # leave out what a killed write_bytes_atomic left behind (`<name>.tmp-<hex>`)
+        return sorted(p[len(base) + 1 :] for p in found if ".tmp-" not in p.rsplit("/", 1)[-1])
 
     def digest(self, *parts: str) -> tuple[int, str]:
         """(size in bytes, sha256 hex) of a stored file."""

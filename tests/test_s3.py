@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
 BUCKET = "forja-test"
 STAGES = ("collect", "clean", "dedup", "detox", "stats")
+CLI = [sys.executable, "-m", "flows.cli", "corpus", "--json"]
 
 pytestmark = pytest.mark.slow
 
@@ -71,25 +72,38 @@ def s3() -> Iterator[S3Server]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("prefect-home")
+class CorpusRun:
+    """`forja corpus --json` in a subprocess; its stdout is the final (stats) manifest, stderr its logs."""
 
+    def __init__(self, storage: str, source: str, s3: S3Server, workdir: Path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "AWS_"))}
+        # A Prefect home per run: two runs at once each start their own temporary server and database.
+        prefect = {"PREFECT_HOME": str(workdir / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env |= s3.env | prefect
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.out, self.err = workdir / "stdout.json", workdir / "stderr.log"
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(
+                [*CLI, "--storage", storage, "--input", source],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
 
-def run_corpus(storage: str, source: str, s3: S3Server, prefect_home: Path) -> dict:
-    """`forja corpus --json` in a subprocess; its stdout is the final (stats) manifest."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "AWS_"))}
-    env |= s3.env | {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "corpus", "--json", "--storage", storage, "--input", source],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"forja corpus failed ({proc.returncode}):\n{proc.stderr[-6000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    def result(self) -> dict:
+        try:
+            rc = self.proc.wait(timeout=300)
+        finally:
+            self.stop()
+        log = self.err.read_text(errors="replace")
+        assert rc == 0, f"forja corpus failed ({rc}):\n{log[-6000:]}"
+        return json.loads(self.out.read_text().strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
 
 
 def corpus_records(storage, manifest: dict) -> dict[str, str]:
@@ -120,7 +134,7 @@ def snapshot(fs, prefix: str) -> dict[str, tuple]:
     }
 
 
-def test_corpus_flow_on_s3_matches_local_and_reruns_for_free(s3, prefect_home, tmp_path):
+def test_corpus_flow_on_s3_matches_local_and_reruns_for_free(s3, tmp_path):
     from tasks.manifest import Manifest, read_manifest
     from tasks.storage import Storage
 
@@ -131,8 +145,15 @@ def test_corpus_flow_on_s3_matches_local_and_reruns_for_free(s3, prefect_home, t
     assert len(fs.find(f"{BUCKET}/input")) == len(files)
 
     local_root, s3_root = tmp_path / "store", f"s3://{BUCKET}/store"
-    local = run_corpus(str(local_root), str(SAMPLE), s3, prefect_home)
-    remote = run_corpus(s3_root, f"s3://{BUCKET}/input", s3, prefect_home)
+    runs = [  # both at once: the two cores are rarely both busy in one run
+        CorpusRun(str(local_root), str(SAMPLE), s3, tmp_path / "local"),
+        CorpusRun(s3_root, f"s3://{BUCKET}/input", s3, tmp_path / "s3"),
+    ]
+    try:
+        local, remote = (run.result() for run in runs)
+    finally:
+        for run in runs:
+            run.stop()
 
     # Every stage wrote its artifact and, last, its manifest on S3 (nothing leaked to a local folder).
     store = Storage(s3_root)
@@ -161,7 +182,7 @@ def test_corpus_flow_on_s3_matches_local_and_reruns_for_free(s3, prefect_home, t
 
     # An unchanged rerun finds every manifest on S3 and writes nothing.
     before = snapshot(fs, f"{BUCKET}/store")
-    again = run_corpus(s3_root, f"s3://{BUCKET}/input", s3, prefect_home)
+    again = CorpusRun(s3_root, f"s3://{BUCKET}/input", s3, tmp_path / "s3-again").result()
     assert stage_manifests(again) == stage_manifests(remote)
     assert again["created_at"] == remote["created_at"]
     assert snapshot(fs, f"{BUCKET}/store") == before

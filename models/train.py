@@ -1,0 +1,225 @@
+"""The training entry point: `python -m models.train spec.json`.
+
+The same command runs everywhere: one process, several local processes (Lightning re-executes it per
+rank), or on every node of a cluster, where torchrun/TorchElastic, Slurm or Kubeflow set the rank and
+master address. The spec is a plain JSON file; outputs go to `out_dir` (a local folder):
+`checkpoints/`, `logs/` (CSV + TensorBoard), `metrics.json`, `samples.json`, `loss.png`, `export/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from models.data import TokenData, bytes_per_token
+from models.lightning import LitDecoder, Throughput
+
+
+@dataclass
+class TrainSpec:
+    shards_dir: str
+    out_dir: str
+    model: dict
+    optim: dict
+    micro_batch: int = 12
+    accumulate: int = 1
+    max_steps: int = 2000
+    val_every: int = 250
+    val_windows: int = 200
+    ckpt_every: int = 250
+    seed: int = 1337
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # bf16-mixed on a GPU that has it, else 32-true
+    compile: bool = False
+    grad_clip: float = 1.0
+    peak_flops: float | None = None
+    tokenizer_dir: str | None = None
+    samples: dict = field(default_factory=dict)
+    export: bool = True
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainSpec:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def _precision(spec: TrainSpec) -> str:
+    if spec.precision != "auto":
+        return spec.precision
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _strategy(spec: TrainSpec):
+    if spec.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from models.model import Block
+
+        return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
+    return spec.strategy
+
+
+def build(spec: TrainSpec) -> tuple[L.Trainer, LitDecoder, TokenData]:
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    out = Path(spec.out_dir)
+    tokenizer_model = None
+    if spec.tokenizer_dir and (Path(spec.tokenizer_dir) / "tokenizer.model").exists():
+        tokenizer_model = (Path(spec.tokenizer_dir) / "tokenizer.model").read_bytes()
+    optim = {**spec.optim, "max_steps": spec.max_steps}
+    module = LitDecoder(spec.model, optim, bytes_per_token(spec.shards_dir), spec.samples, tokenizer_model)
+    if spec.compile:
+        module.model = torch.compile(module.model)
+    data = TokenData(
+        spec.shards_dir,
+        module.model_cfg.context,
+        spec.micro_batch,
+        spec.accumulate,
+        spec.seed,
+        spec.val_windows,
+    )
+    world = spec.num_nodes * (spec.devices if isinstance(spec.devices, int) else 1)
+    tokens_per_step = spec.micro_batch * spec.accumulate * world * module.model_cfg.context
+    trainer = L.Trainer(
+        accelerator=spec.accelerator,
+        devices=spec.devices,
+        num_nodes=spec.num_nodes,
+        strategy=_strategy(spec),
+        precision=_precision(spec),
+        max_steps=spec.max_steps,
+        accumulate_grad_batches=spec.accumulate,
+        gradient_clip_val=spec.grad_clip or None,
+        val_check_interval=spec.val_every * spec.accumulate,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the data module gives each rank its slice of every step
+        deterministic=True,
+        logger=[
+            CSVLogger(out / "logs", name="", version=""),
+            TensorBoardLogger(out / "logs", name="", version="tb"),
+        ],
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                every_n_train_steps=spec.ckpt_every,
+                save_last=True,
+                save_top_k=1,
+                monitor="step",
+                mode="max",
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+            ),
+            Throughput(
+                tokens_per_step, module.model.flops_per_token(module.model_cfg.context), spec.peak_flops
+            ),
+        ],
+        enable_progress_bar=os.environ.get("FORJA_PROGRESS", "1") == "1",
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
+    return trainer, module, data
+
+
+def train(spec: TrainSpec) -> dict:
+    """Fit (resuming from the last checkpoint if there is one), then write metrics, samples, plots, export."""
+    trainer, module, data = build(spec)
+    last = Path(spec.out_dir) / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    # a final validation at the last step, whatever val_every was
+    final = trainer.validate(module, datamodule=data, verbose=False)[0]
+    if trainer.global_rank != 0:
+        return {}
+    return write_outputs(spec, module, final)
+
+
+def write_outputs(spec: TrainSpec, module: LitDecoder, final: dict) -> dict:
+    out = Path(spec.out_dir)
+    history = read_history(out / "logs" / "metrics.csv")
+    metrics = {
+        "steps": spec.max_steps,
+        "val_loss": final.get("val/loss"),
+        "val_bpb": final.get("val/bpb"),
+        "train_loss": next(
+            (r["train/loss"] for r in reversed(history) if r.get("train/loss") is not None), None
+        ),
+        "tokens_per_s": _median([r["perf/tokens_per_s"] for r in history if r.get("perf/tokens_per_s")]),
+        "mfu": _median([r["perf/mfu"] for r in history if r.get("perf/mfu")]),
+        "params": module.model.num_params(),
+        "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "samples.json").write_text(json.dumps(module.samples, indent=2, ensure_ascii=False))
+    plot_losses(history, out / "loss.png")
+    if spec.export:
+        from models.export import export_hf
+
+        export_hf(
+            module.model,
+            out / "export",
+            spec.tokenizer_dir,
+            extra={"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3},
+        )
+    return metrics
+
+
+def read_history(path: Path) -> list[dict]:
+    """Lightning's CSV log as rows of floats (empty cells dropped)."""
+    import csv
+
+    if not path.exists():
+        return []
+    rows = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(values[len(values) // 10 :])  # the first steps include start-up: leave them out
+    return values[len(values) // 2] if values else None
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(r["step"], r["train/loss"]) for r in history if "train/loss" in r]
+    val = [(r["step"], r["val/loss"]) for r in history if "val/loss" in r]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", alpha=0.7)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", help="training spec (JSON)")
+    args = parser.parse_args(argv)
+    spec = TrainSpec.load(args.spec)
+    metrics = train(spec)
+    if metrics:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+
+
+if __name__ == "__main__":
+    main()
