@@ -176,7 +176,10 @@ def test_filter_drops_with_reason_and_records_scores() -> None:
 
 def test_filter_in_a_pipeline_counts_reasons() -> None:
     filt = build_toxicity_filter(DetoxConfig(scorer="any"))
-    assert [(s.name, t) for s, t in filt.scorers] == [("wordlist", DEFAULT.wordlist_threshold), ("classifier", 0.5)]
+    assert [(s.name, t) for s, t in filt.scorers] == [
+        ("wordlist", DEFAULT.wordlist_threshold),
+        ("classifier", 0.5),
+    ]
     kept = list(filt.run(iter(_docs())))
     assert [d.id for d in kept] == ["clean-en", "clean-es"]
     assert all({"toxicity_wordlist", "toxicity_classifier"} <= d.metadata.keys() for d in kept)
