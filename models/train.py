@@ -132,13 +132,25 @@ def build(spec: TrainSpec) -> tuple[L.Trainer, LitDecoder, TokenData]:
 def train(spec: TrainSpec) -> dict:
     """Fit (resuming from the last checkpoint if there is one), then write metrics, samples, plots, export."""
     trainer, module, data = build(spec)
-    last = Path(spec.out_dir) / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+    resume = resume_checkpoint(Path(spec.out_dir) / "checkpoints")
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     # a final validation at the last step, whatever val_every was
     final = trainer.validate(module, datamodule=data, verbose=False)[0]
     if trainer.global_rank != 0:
         return {}
     return write_outputs(spec, module, final)
+
+
+def resume_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint that loads: a run killed while writing one falls back to the one before."""
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # noqa: BLE001 - a truncated file raises whatever the unpickler meets
+            continue
+        return path
+    return None
 
 
 def write_outputs(spec: TrainSpec, module: LitDecoder, final: dict) -> dict:
