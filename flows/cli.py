@@ -17,6 +17,8 @@ import typer
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "forja")  # stage logs reach the Prefect UI
+os.environ.setdefault("FORJA_PROGRESS", "0")  # training reports through the command's own progress bar
 if os.environ.get("FORJA_VERBOSE") != "1":
     os.environ.setdefault("TQDM_DISABLE", "1")  # datatrove's inner bars; the command draws its own
 
@@ -94,6 +96,14 @@ class StageProgress:
     def __call__(self, stage: str, event: str, manifest) -> None:
         import time
 
+        if event == "update":  # a long stage's own progress, e.g. training steps
+            loss = manifest.get("train/loss")
+            self.bar.update(
+                self.task,
+                description=f"[cyan]{stage}[/cyan] step {manifest['step']}/"
+                f"{manifest.get('max_steps', '?')}" + (f" loss {loss:.3f}" if loss is not None else ""),
+            )
+            return
         if event == "start":
             self.started[stage] = time.time()
             self.bar.update(self.task, description=f"[cyan]{stage}[/cyan]")

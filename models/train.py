@@ -53,6 +53,24 @@ class TrainSpec:
         return cls(**json.loads(Path(path).read_text()))
 
 
+class ProgressFile(L.Callback):
+    """`progress.json` in the run folder (step, loss, tokens/s), for whoever watches the run from outside."""
+
+    def __init__(self, path: Path, every: int = 10):
+        self.path, self.every = path, every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank != 0 or trainer.global_step % self.every:
+            return
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))
+        }
+        state = {"step": trainer.global_step, "max_steps": trainer.max_steps, **metrics}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.path)
+
+
 def _precision(spec: TrainSpec) -> str:
     if spec.precision != "auto":
         return spec.precision
@@ -223,7 +241,20 @@ def plot_losses(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _quiet() -> None:
+    """Keep the console for progress and warnings that matter (FORJA_VERBOSE=1 shows everything)."""
+    if os.environ.get("FORJA_VERBOSE") == "1":
+        return
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
 def main(argv: list[str] | None = None) -> None:
+    _quiet()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", help="training spec (JSON)")
     args = parser.parse_args(argv)

@@ -8,17 +8,20 @@ leaves its checkpoints; the rerun of the stage resumes from the last one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tasks import progress
 from tasks.config import PretrainConfig
 from tasks.errors import ForjaInputError
 from tasks.manifest import Manifest, StageDir, code_version, run_stage
 from tasks.storage import Storage
 
 STAGE = "pretrain"
+log = logging.getLogger("forja")
 
 
 def local_copy(storage: Storage, stage: str, key: str, cache: Path) -> Path:
@@ -69,6 +72,32 @@ def launch_command(cfg: PretrainConfig, spec_path: Path) -> list[str]:
             str(spec_path),
         ]
     return [sys.executable, "-m", "models.train", str(spec_path)]
+
+
+def run_watched(command: list[str], progress_file: Path, every_s: float = 5.0) -> int:
+    """Run the training command; report its progress (step, loss) while it runs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # stdout of the trainer goes to stderr: our own stdout may carry the stage's JSON manifest
+    proc = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1], stdout=sys.stderr)
+    last_step = -1
+    while True:
+        try:
+            return proc.wait(timeout=every_s)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            state = json.loads(progress_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("step", -1) != last_step:
+            last_step = state["step"]
+            progress.emit(STAGE, "update", state)
+            log.info(
+                "pretrain: step %s/%s, loss %.4f",
+                state["step"],
+                state.get("max_steps"),
+                state.get("train/loss", float("nan")),
+            )
 
 
 def pretrain(storage: Storage, cfg: PretrainConfig, tokenizer: Manifest, shards: Manifest) -> Manifest:

@@ -84,7 +84,8 @@ def _spec(shards: Path, out: Path, **over) -> Path:
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "FORJA_PROGRESS": "0", "PYTHONUNBUFFERED": "1", **extra}
+    # gloo on the loopback interface: the hostname may resolve to an address peers cannot reach
+    return {**os.environ, "FORJA_PROGRESS": "0", "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo", **extra}
 
 
 def _train(spec: Path, env: dict | None = None, wait: bool = True):
@@ -197,3 +198,40 @@ def test_export_loads_in_transformers_with_the_same_logits(shards, tmp_path):
             diff = (hf(x).logits - ours.eval()(x)[0]).abs().max().item()
         assert diff < 1e-4, (arch, diff)
         assert load_file(out / "export" / "model.safetensors")
+
+
+def test_two_torchrun_launches_match_one_process(shards, tmp_path):
+    """The same spec under TorchElastic, as a cluster runs it: one torchrun per node."""
+    single = tmp_path / "single"
+    _train(_spec(shards, single, micro_batch=8, max_steps=8))
+    nodes = tmp_path / "torchrun"
+    spec = _spec(shards, nodes, micro_batch=4, max_steps=8, num_nodes=2, strategy="ddp")
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                f"--node-rank={rank}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "models.train",
+                str(spec),
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    a, b = _weights(single), _weights(nodes)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=name)
