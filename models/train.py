@@ -156,7 +156,7 @@ def train(spec: TrainSpec) -> dict:
     final = trainer.validate(module, datamodule=data, verbose=False)[0]
     if trainer.global_rank != 0:
         return {}
-    return write_outputs(spec, module, final)
+    return write_outputs(spec, module, final, world_size=trainer.world_size)
 
 
 def resume_checkpoint(folder: Path) -> Path | None:
@@ -171,7 +171,7 @@ def resume_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def write_outputs(spec: TrainSpec, module: LitDecoder, final: dict) -> dict:
+def write_outputs(spec: TrainSpec, module: LitDecoder, final: dict, world_size: int = 1) -> dict:
     out = Path(spec.out_dir)
     history = read_history(out / "logs" / "metrics.csv")
     metrics = {
@@ -184,6 +184,7 @@ def write_outputs(spec: TrainSpec, module: LitDecoder, final: dict) -> dict:
         "tokens_per_s": _median([r["perf/tokens_per_s"] for r in history if r.get("perf/tokens_per_s")]),
         "mfu": _median([r["perf/mfu"] for r in history if r.get("perf/mfu")]),
         "params": module.model.num_params(),
+        "world_size": world_size,
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

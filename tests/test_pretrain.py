@@ -135,7 +135,7 @@ def test_two_nodes_on_loopback_match_one_process(shards, tmp_path):
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert "Starting with 2 processes" in outputs[0], "a real two-process DDP run"
+    assert json.loads((nodes / "metrics.json").read_text())["world_size"] == 2, "a real two-process DDP run"
 
     a, b = _weights(single), _weights(nodes)
     assert a.keys() == b.keys()
@@ -232,6 +232,7 @@ def test_two_torchrun_launches_match_one_process(shards, tmp_path):
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert json.loads((nodes / "metrics.json").read_text())["world_size"] == 2
     a, b = _weights(single), _weights(nodes)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=name)
