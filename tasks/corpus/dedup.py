@@ -95,10 +95,10 @@ EXACT = ExactDedupConfig(content_getter=exact_content, only_dedup_in_index=False
 def write_exact_index(sigs_folder, index_folder, name: str) -> None:
     """All content hashes of this run, sorted and unique, as one index file for later runs."""
     dtype = get_sig_dtype(EXACT.hash_config)
-    hashes = [
-        np.frombuffer(sigs_folder.open(f, "rb").read(), dtype=dtype)["hash"]
-        for f in sigs_folder.list_files(glob_pattern=f"*/*{ExtensionHelperSD.stage_1_signature}")
-    ]
+    hashes = []
+    for name in sigs_folder.list_files(glob_pattern=f"*/*{ExtensionHelperSD.stage_1_signature}"):
+        with sigs_folder.open(name, "rb") as f:
+            hashes.append(np.frombuffer(f.read(), dtype=dtype)["hash"])
     merged = np.unique(np.concatenate(hashes)) if hashes else np.empty(0, dtype=np.uint64)
     with index_folder.open(f"{name}{ExtensionHelperSD.index}", "wb") as f:
         f.write(merged.astype("<u8").tobytes())
