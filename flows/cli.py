@@ -183,6 +183,24 @@ def corpus(
     _run(body)
 
 
+def _pipeline(config, set_, storage, input_, as_json, until: str | None) -> None:
+    """Run the pipeline up to a stage (earlier stages are cached) and print its summary."""
+
+    def body():
+        from flows.pipeline import pipeline
+
+        cfg = _load(config, set_, storage)
+        if input_:
+            cfg.corpus.collect.inputs = list(input_)
+        stages = {"tokenizer": 7, "pretrain": 8, None: 8}
+        with StageProgress(total=stages[until]):
+            results = pipeline(cfg, until=until)
+        last = "shards" if until == "tokenizer" else "pretrain"
+        _finish(results[last], as_json, _pipeline_summary(results))
+
+    _run(body)
+
+
 @app.command()
 def run(
     config: ConfigOpt = None,
@@ -192,41 +210,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole pipeline on the recipe (default: the bundled sample, on CPU)."""
-
-    def body():
-        from flows.pipeline import pipeline
-
-        cfg = _load(config, set_, storage)
-        if input_:
-            cfg.corpus.collect.inputs = list(input_)
-        with StageProgress(total=8):
-            results = pipeline(cfg)
-        _finish(results["pretrain"], as_json, _pipeline_summary(results))
-
-    _run(body)
-
-
-@app.command()
-def pretrain(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    storage: StorageOpt = None,
-    input_: InputOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Pretrain the decoder on the token shards (earlier stages run first if needed, cached)."""
-
-    def body():
-        from flows.pipeline import pipeline
-
-        cfg = _load(config, set_, storage)
-        if input_:
-            cfg.corpus.collect.inputs = list(input_)
-        with StageProgress(total=8):
-            results = pipeline(cfg, until="pretrain")
-        _finish(results["pretrain"], as_json, _pipeline_summary(results))
-
-    _run(body)
+    _pipeline(config, set_, storage, input_, as_json, until=None)
 
 
 @app.command()
@@ -238,18 +222,19 @@ def tokenizer(
     as_json: JsonOpt = False,
 ) -> None:
     """Train the tokenizer on the corpus (built first if needed) and tokenize it into shards."""
+    _pipeline(config, set_, storage, input_, as_json, until="tokenizer")
 
-    def body():
-        from flows.pipeline import pipeline
 
-        cfg = _load(config, set_, storage)
-        if input_:
-            cfg.corpus.collect.inputs = list(input_)
-        with StageProgress(total=7):
-            results = pipeline(cfg, until="tokenizer")
-        _finish(results["shards"], as_json, _pipeline_summary(results))
-
-    _run(body)
+@app.command()
+def pretrain(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pretrain the decoder on the token shards (earlier stages run first if needed, cached)."""
+    _pipeline(config, set_, storage, input_, as_json, until="pretrain")
 
 
 def _pipeline_summary(results: dict) -> list[str]:
