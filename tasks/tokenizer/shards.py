@@ -18,6 +18,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
 
 from tasks.config import ShardsConfig, TokenizerConfig
+from tasks.corpus import shards as corpus_shards
 from tasks.corpus.shards import shard_reader
 from tasks.dt import run_pipeline
 from tasks.manifest import Manifest, StageDir, code_version, run_stage
@@ -43,25 +44,33 @@ class TokenizeToShards(PipelineStep):
         self.val_fraction, self.batch_docs = val_fraction, batch_docs
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        sp = spm.SentencePieceProcessor(model_proto=self.model)
-        dtype, eos = token_dtype(sp.get_piece_size()), sp.piece_to_id(EOS)
+        # One thread per process: parallelism comes from the processes (and machines), and SentencePiece's
+        # default would start a thread per host core in every worker.
+        sp = spm.SentencePieceProcessor(model_proto=self.model, num_threads=1)
+        dtype, eos = token_dtype(sp.get_piece_size()), np.array([sp.piece_to_id(EOS)])
         counts = {split: {"documents": 0, "tokens": 0, "bytes": 0} for split in SPLITS}
         files = {split: self.output.open(f"{split}/{rank:05d}.bin", "wb") for split in SPLITS}
         try:
             for batch in batched(data, self.batch_docs):
                 with self.track_time(unit="batch"):
-                    encoded = sp.encode([doc.text for doc in batch])
+                    encoded = sp.encode([doc.text for doc in batch], out_type="numpy")
+                pieces: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
                 for doc, ids in zip(batch, encoded, strict=True):
                     split = "val" if is_val(doc.id, self.val_fraction) else "train"
-                    ids.append(eos)
-                    files[split].write(np.asarray(ids, dtype=dtype).tobytes())
-                    n_bytes = len(doc.text.encode("utf-8"))
-                    for key, value in (("documents", 1), ("tokens", len(ids)), ("bytes", n_bytes)):
-                        counts[split][key] += value
-                        self.stat_update(f"{split}_{key}", value=value)
+                    pieces[split] += [ids, eos]
+                    c = counts[split]
+                    c["documents"] += 1
+                    c["tokens"] += len(ids) + 1
+                    c["bytes"] += len(doc.text.encode("utf-8"))
+                for split, arrays in pieces.items():
+                    if arrays:
+                        files[split].write(np.concatenate(arrays).astype(dtype).tobytes())
         finally:
             for f in files.values():
                 f.close()
+        for split, c in counts.items():
+            for key, value in c.items():
+                self.stat_update(f"{split}_{key}", value=value)
         with self.output.open(f"counts/{rank:05d}.json", "wt") as f:
             json.dump(counts, f)
         return
@@ -127,4 +136,6 @@ def tokenize_corpus(
         "val_fraction": tok_cfg.val_fraction,
     }
     inputs = {"corpus": corpus, "tokenizer": tokenizer}
-    return run_stage(storage, STAGE, key_config, inputs, code_version(sys.modules[__name__]), build)
+    return run_stage(
+        storage, STAGE, key_config, inputs, code_version(sys.modules[__name__], corpus_shards), build
+    )
