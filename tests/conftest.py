@@ -17,6 +17,7 @@ BAD = REPO / "tests" / "fixtures" / "bad"
 def pytest_configure(config):
     # Before anything imports prefect: a private home per test session, no telemetry noise.
     home = Path(config.rootpath) / ".pytest_cache" / "prefect-home"
+    home.mkdir(parents=True, exist_ok=True)  # Prefect does not create missing parents
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
