@@ -1,27 +1,31 @@
 """Character-level Tiny Shakespeare through the whole pipeline: nanoGPT's baby GPT, then our recipe.
 
-    python benchmarks/shakespeare_char.py [--quick] [--prepare] [--recipe nanogpt|ours] [--split tail|hash]
-        [--storage PATH] [--out PATH]
+    python benchmarks/shakespeare_char.py [--quick] [--prepare] [--recipe nanogpt|ours ...]
+        [--seeds 1337,1,2] [--split tail|hash] [--storage PATH] [--out PATH]
 
-Two recipes, each run with `forja pretrain --config ...` (collect -> clean -> dedup -> detox -> stats ->
-tokenizer -> shards -> pretrain, in a fresh storage root, so nothing is reused from an earlier run):
+Two recipes, each run as `forja pretrain --config <recipe>` (collect -> clean -> dedup -> detox -> stats
+-> tokenizer -> shards -> pretrain) in a fresh storage root, so nothing comes from an earlier run; the
+second recipe reuses the data stages of the first, since both have the same corpus, tokenizer and shards
+sections:
 
 - configs/shakespeare-char-nanogpt.yaml: nanoGPT's published CPU settings (GPT-2 block, 4 layers, 4 heads,
-  d_model 128, context 64, batch 12, 2000 iterations, lr 1e-3 -> 1e-4, warmup 100, no dropout).
-  nanoGPT reports a validation loss of 1.88; target <= 1.90.
-- configs/shakespeare-char.yaml: our recipe, same context, iterations and about the same parameters;
-  target: below 1.88.
+  d_model 128, no bias, context 64, batch 12, 2000 iterations, lr 1e-3 -> 1e-4 with warmup 100 and cosine,
+  betas (0.9, 0.99), weight decay 0.1, no dropout). nanoGPT reports a validation loss of 1.88; target:
+  <= 1.90.
+- configs/shakespeare-char.yaml: our recipe, with the same context, iterations, batch and about the same
+  parameters; target: below 1.88.
 
-Input: data/tinyshakespeare/input.txt cut into documents of about 100 lines at speech boundaries (blank
-lines), written as JSONL to the path the recipes collect (out/shakespeare-char/tinyshakespeare.jsonl).
+Input: data/tinyshakespeare/input.txt cut at blank lines (between speeches) into documents of at least
+100 lines, written as JSONL to the path the recipes collect (out/shakespeare-char/tinyshakespeare.jsonl).
 Split `tail` (default) is nanoGPT's: the last 10 % of the text is the validation split. The stack holds
 out documents by a hash of their id, so each document gets the first id of the form `tinyshakespeare/NNNN`,
-`tinyshakespeare/NNNN.1`, ... whose hash puts it on the wanted side. Split `hash` uses the plain ids: a
-pseudo-random 10 % of the documents, spread over the whole text.
+`tinyshakespeare/NNNN.1`, `.2`, ... whose hash puts it on the wanted side. Split `hash` keeps the plain
+ids: the documents the hash picks, spread over the play (written to a scratch folder).
 
-Validation loss is over the whole validation split (every non-overlapping window of 64 characters), in
-nats per character. Results go to benchmarks/results/shakespeare_char.json (with date and machine); the
-exit status is 1 when a target is missed. `--quick`: 200 iterations each, a smoke run (no targets).
+The validation loss is over the whole validation split (every non-overlapping window of 64 characters),
+in nats per character; with several seeds a recipe's result is their mean. Results go to
+benchmarks/results/shakespeare_char.json (with date and machine); the exit status is 1 when a target is
+missed. `--quick`: 200 iterations per recipe, a smoke run (no targets, no results file unless --out).
 """
 
 from __future__ import annotations
@@ -227,10 +231,12 @@ def main() -> int:
     data = collected_input(RECIPES["nanogpt"])
     docs = make_documents(TEXT.read_text(encoding="utf-8"), args.split)
     split = {"kind": args.split, **split_summary(docs, VAL_SHARE)}
+    scratch = None
     if args.split == "tail" or args.prepare:
         write_documents(docs, data)
-    else:
-        data = Path(tempfile.mkdtemp(prefix="shakespeare-hash-")) / "tinyshakespeare.jsonl"
+    else:  # the recipes' input stays nanoGPT's split
+        scratch = Path(tempfile.mkdtemp(prefix="shakespeare-hash-"))
+        data = scratch / "tinyshakespeare.jsonl"
         write_documents(docs, data)
     shown = data.relative_to(REPO) if data.is_relative_to(REPO) else data
     print(
@@ -261,6 +267,8 @@ def main() -> int:
     finally:
         if not args.storage:
             shutil.rmtree(storage, ignore_errors=True)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     print(f"\n{'recipe':10s} {'val loss':>9s}  {'seeds':24s} {'target':8s} result")
     for name, run in runs.items():

@@ -154,9 +154,20 @@ def train(spec: TrainSpec) -> dict:
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     # a final validation at the last step, whatever val_every was
     final = trainer.validate(module, datamodule=data, verbose=False)[0]
+    _leave_process_group()
     if trainer.global_rank != 0:
         return {}
     return write_outputs(spec, module, final, world_size=trainer.world_size)
+
+
+def _leave_process_group() -> None:
+    """Tear the process group down while every rank is still alive: left to interpreter exit, gloo's
+    threads can outlive it and abort a rank that finished cleanly."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def resume_checkpoint(folder: Path) -> Path | None:
