@@ -139,6 +139,7 @@ def build(spec: TrainSpec) -> tuple[L.Trainer, LitDecoder, TokenData]:
             Throughput(
                 tokens_per_step, module.model.flops_per_token(module.model_cfg.context), spec.peak_flops
             ),
+            ProgressFile(out / "progress.json"),
         ],
         enable_progress_bar=os.environ.get("FORJA_PROGRESS", "1") == "1",
         enable_model_summary=False,

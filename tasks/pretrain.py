@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tasks import progress
@@ -21,6 +22,7 @@ from tasks.manifest import Manifest, StageDir, code_version, run_stage
 from tasks.storage import Storage
 
 STAGE = "pretrain"
+PROGRESS_FILE = "progress.json"  # written by models.train's ProgressFile callback
 log = logging.getLogger("forja")
 
 
@@ -74,19 +76,63 @@ def launch_command(cfg: PretrainConfig, spec_path: Path) -> list[str]:
     return [sys.executable, "-m", "models.train", str(spec_path)]
 
 
-def run_watched(command: list[str], progress_file: Path, every_s: float = 5.0) -> int:
-    """Run the training command; report its progress (step, loss) while it runs."""
+class CheckpointSync:
+    """Mirror the run's finished checkpoints to the storage root while training runs, so a run on a
+    machine that is lost (preempted node, new worker) resumes from the last one, not from step 0.
+
+    A checkpoint counts as finished once its size and mtime held still for one poll; ones Lightning
+    deleted locally (older than the kept ones) are deleted remotely too."""
+
+    def __init__(self, storage: Storage, stage: str, key: str, local: Path):
+        self.storage, self.remote = storage, storage.path(stage, key, "checkpoints")
+        self.local = local
+        self.seen: dict[str, tuple[int, float]] = {}
+        self.uploaded: dict[str, tuple[int, float]] = {}
+
+    def restore(self) -> None:
+        """Fetch the checkpoints an earlier, interrupted run left in the storage root."""
+        fs = self.storage.fs
+        if not fs.exists(self.remote):
+            return
+        self.local.mkdir(parents=True, exist_ok=True)
+        for remote in fs.ls(self.remote, detail=False):
+            name = remote.rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(".ckpt") and not (self.local / name).exists():
+                log.info("pretrain: fetching checkpoint %s", name)
+                fs.get(remote, str(self.local / f".tmp-{name}"))
+                (self.local / f".tmp-{name}").replace(self.local / name)
+
+    def __call__(self) -> None:
+        now = {p.name: (p.stat().st_size, p.stat().st_mtime) for p in self.local.glob("*.ckpt")}
+        for name, state in now.items():
+            if self.seen.get(name) == state and self.uploaded.get(name) != state:
+                self.storage.fs.put(str(self.local / name), f"{self.remote}/{name}")
+                self.uploaded[name] = state
+        for name in set(self.uploaded) - set(now):
+            self.storage.fs.rm(f"{self.remote}/{name}")
+            del self.uploaded[name]
+        self.seen = now
+
+
+def run_watched(
+    command: list[str], run_dir: Path, on_tick: Callable[[], None] | None = None, every_s: float = 5.0
+) -> int:
+    """Run the training command; report its progress (step, loss) while it runs and call `on_tick`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # stdout of the trainer goes to stderr: our own stdout may carry the stage's JSON manifest
+    # the trainer's stdout goes to stderr: our own stdout may carry the stage's JSON manifest
     proc = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1], stdout=sys.stderr)
     last_step = -1
     while True:
         try:
-            return proc.wait(timeout=every_s)
+            code = proc.wait(timeout=every_s)
         except subprocess.TimeoutExpired:
-            pass
+            code = None
+        if on_tick:
+            on_tick()
+        if code is not None:
+            return code
         try:
-            state = json.loads(progress_file.read_text())
+            state = json.loads((run_dir / PROGRESS_FILE).read_text())
         except (OSError, ValueError):
             continue
         if state.get("step", -1) != last_step:
@@ -111,12 +157,13 @@ def pretrain(storage: Storage, cfg: PretrainConfig, tokenizer: Manifest, shards:
         spec = training_spec(cfg, tokenizer, shards_dir, tokenizer_dir, run_dir)
         spec_path = run_dir / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        result = subprocess.run(
-            launch_command(cfg, spec_path), env=env, cwd=Path(__file__).resolve().parents[1]
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"training exited with code {result.returncode}; logs in {run_dir / 'logs'}")
+        sync = None
+        if not storage.is_local:
+            sync = CheckpointSync(storage, STAGE, out.key, run_dir / "checkpoints")
+            sync.restore()
+        code = run_watched(launch_command(cfg, spec_path), run_dir, sync)
+        if code != 0:
+            raise RuntimeError(f"training exited with code {code}; logs in {run_dir / 'logs'}")
         if not storage.is_local:
             storage.fs.put(str(run_dir) + "/", storage.path(STAGE, out.key) + "/", recursive=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())

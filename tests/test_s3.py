@@ -251,3 +251,33 @@ def test_storage_primitives_on_s3(s3):
         ("part/0.txt", 7, hashlib.sha256(b"payload").hexdigest())
     ]
     assert st.list_files("toy", first.key) == ["_work/log.txt", "manifest.json", "part/0.txt"]
+
+
+def test_training_checkpoints_mirror_to_s3_and_come_back(s3, tmp_path):
+    """A run on S3 storage keeps its finished checkpoints in the bucket while it trains: a new machine
+    fetches them and resumes; a checkpoint still being written is not uploaded."""
+    from tasks.pretrain import CheckpointSync
+    from tasks.storage import Storage
+
+    storage = Storage(f"s3://{BUCKET}/ckpt-sync")
+    local = tmp_path / "run" / "checkpoints"
+    local.mkdir(parents=True)
+    sync = CheckpointSync(storage, "pretrain", "k1", local)
+    (local / "step000010.ckpt").write_bytes(b"a" * 1000)
+    sync()  # first sight: maybe still being written
+    assert not storage.exists("pretrain", "k1", "checkpoints", "step000010.ckpt")
+    sync()  # unchanged since the last poll: finished
+    assert storage.exists("pretrain", "k1", "checkpoints", "step000010.ckpt")
+
+    (local / "step000020.ckpt").write_bytes(b"b" * 2000)
+    (local / "step000010.ckpt").unlink()  # the trainer keeps only the newest
+    sync()
+    sync()
+    listed = storage.fs.ls(storage.path("pretrain", "k1", "checkpoints"))
+    remote = sorted(p.rsplit("/", 1)[-1] for p in listed)
+    assert remote == ["step000020.ckpt"]
+
+    elsewhere = tmp_path / "new-machine" / "checkpoints"
+    CheckpointSync(storage, "pretrain", "k1", elsewhere).restore()
+    assert [p.name for p in elsewhere.iterdir()] == ["step000020.ckpt"]
+    assert (elsewhere / "step000020.ckpt").read_bytes() == b"b" * 2000
