@@ -198,6 +198,72 @@ def evaluations(rows: list[dict]) -> list[dict]:
     return out
 
 
+def bare_reference(seed: int, steps: int) -> dict:
+    """nanoGPT's own loop, for reference: the raw characters of input.txt (its first 90 % to train on, the
+    rest to validate on, no documents, no end-of-text tokens), random windows, AdamW with decay on every
+    matrix, warmup then cosine, clipping at 1.0, on our Decoder with the nanogpt recipe's settings. The
+    validation loss is measured as the pipeline measures it: every non-overlapping window of the split."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from models.model import Decoder, ModelConfig
+
+    recipe = yaml.safe_load(RECIPES["nanogpt"].read_text())["pretrain"]
+    opt_cfg, batch = recipe["optim"], recipe["micro_batch"]
+    text = TEXT.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    ids = torch.from_numpy(np.array([chars.index(c) for c in text], dtype=np.int64))
+    cut = int(len(ids) * (1 - VAL_SHARE))
+    train, val = ids[:cut], ids[cut:]
+    torch.manual_seed(seed)
+    model = Decoder(ModelConfig(**recipe["model"], vocab_size=len(chars)))
+    ctx = model.cfg.context
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": matrices, "weight_decay": opt_cfg["weight_decay"]},
+            {"params": others, "weight_decay": 0.0},
+        ],
+        lr=opt_cfg["lr"],
+        betas=(opt_cfg["beta1"], opt_cfg["beta2"]),
+    )
+    lr, min_lr, warmup = opt_cfg["lr"], opt_cfg["min_lr"], opt_cfg["warmup_steps"]
+
+    def lr_at(it: int) -> float:
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        ratio = min(1.0, (it - warmup) / (steps - warmup))
+        return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    rng = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for it in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(it)
+        starts = torch.randint(len(train) - ctx, (batch,), generator=rng)
+        x = torch.stack([train[i : i + ctx] for i in starts])
+        y = torch.stack([train[i + 1 : i + ctx + 1] for i in starts])
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    seconds = time.perf_counter() - started
+    model.eval()
+    windows = (len(val) - 1) // ctx
+    total = 0.0
+    with torch.no_grad():
+        for b in range(0, windows, 256):
+            rows = range(b, min(b + 256, windows))
+            x = torch.stack([val[i * ctx : (i + 1) * ctx] for i in rows])
+            y = torch.stack([val[i * ctx + 1 : (i + 1) * ctx + 1] for i in rows])
+            total += model(x, y)[1].item() * y.numel()
+    return {"val_loss": total / (windows * ctx), "train_loss": loss.item(), "seconds": round(seconds, 1)}
+
+
 def machine() -> dict:
     import torch
 
@@ -270,6 +336,14 @@ def main() -> int:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
 
+    reference = None
+    if "nanogpt" in runs:
+        steps = 200 if args.quick else yaml.safe_load(RECIPES["nanogpt"].read_text())["pretrain"]["max_steps"]
+        print(f"reference: nanoGPT's loop on the raw characters, {steps} steps", flush=True)
+        reference = {"seeds": {str(seed): bare_reference(seed, steps) for seed in args.seeds}}
+        losses = [r["val_loss"] for r in reference["seeds"].values()]
+        reference["val_loss"] = round(sum(losses) / len(losses), 4)
+
     print(f"\n{'recipe':10s} {'val loss':>9s}  {'seeds':24s} {'target':8s} result")
     for name, run in runs.items():
         losses = [r["val_loss"] for r in run["seeds"].values()]
@@ -280,6 +354,10 @@ def main() -> int:
         run["result"] = "-" if args.quick else ("PASS" if ok else "FAIL")
         each = ", ".join(f"{x:.4f}" for x in losses)
         print(f"{name:10s} {run['val_loss']:9.4f}  {each:24s} {run['target']:8s} {run['result']}")
+    if reference:
+        each = ", ".join(f"{r['val_loss']:.4f}" for r in reference["seeds"].values())
+        gap = runs["nanogpt"]["val_loss"] - reference["val_loss"]
+        print(f"{'bare loop':10s} {reference['val_loss']:9.4f}  {each:24s} (nanogpt minus bare: {gap:+.4f})")
 
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -288,6 +366,7 @@ def main() -> int:
         "reference": {"nanogpt_val_loss": NANOGPT_VAL_LOSS, "source": "nanoGPT README, baby GPT on CPU"},
         "split": split,
         "runs": runs,
+        "bare_reference": reference,
     }
     if not args.quick or args.out != OUT:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,25 @@ from typing import Any
 
 import datatrove.executor.base as dt_base
 import datatrove.utils.logging as dt_logging
+import multiprocess
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.io import DataFolder
 from datatrove.utils.stats import PipelineStats
 from loguru import logger
 
 VERBOSE = "FORJA_VERBOSE"  # set to 1 to see datatrove's per-shard logs on the console
+
+# Modules whose steps run in the worker processes. The pool's fork server imports them once, when the first
+# pool starts; every later pool in the process forks ready workers (~0.1 s) instead of importing them again in
+# each one (~0.5-1 s of serial start-up, a large share of a short stage).
+WORKER_MODULES = [
+    "tasks.dt",
+    "tasks.corpus.collect",
+    "tasks.corpus.clean",
+    "tasks.corpus.dedup",
+    "tasks.corpus.detox",
+    "tasks.tokenizer.shards",
+]
 
 
 def _quiet_logging() -> None:
@@ -50,6 +63,8 @@ def run_pipeline(pipeline: list, logging_dir: DataFolder, tasks: int = 1, worker
     after their output is closed), so a rerun resumes instead of starting over.
     """
     _quiet_logging()
+    if workers > 1 and tasks > 1:
+        multiprocess.set_forkserver_preload(WORKER_MODULES)  # no effect once the fork server runs
     Executor(pipeline=pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=logging_dir).run()
     return merged_stats(logging_dir)
 
