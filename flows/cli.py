@@ -96,6 +96,12 @@ class StageProgress:
     def __call__(self, stage: str, event: str, manifest) -> None:
         import time
 
+        if event == "update" and "task" in manifest:  # evaluation: items of the running benchmark
+            self.bar.update(
+                self.task,
+                description=f"[cyan]{stage}[/cyan] {manifest['task']} {manifest['done']}/{manifest['total']}",
+            )
+            return
         if event == "update":  # a long stage's own progress, e.g. training steps
             loss = manifest.get("train/loss")
             self.bar.update(
@@ -235,6 +241,81 @@ def pretrain(
 ) -> None:
     """Pretrain the decoder on the token shards (earlier stages run first if needed, cached)."""
     _pipeline(config, set_, storage, input_, as_json, until="pretrain")
+
+
+LimitOpt = Annotated[
+    int | None, typer.Option("--limit", help="At most N items per benchmark (a quick run); eval.limit.")
+]
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+    limit: LimitOpt = None,
+) -> None:
+    """Evaluate models: bits per byte, HellaSwag, GSM8K / MGSM (en, es) and greedy samples.
+
+    --input: transformers model folders, stage folders or manifest.json files, training checkpoints
+    (repeatable: one evaluation each, side by side). Without it, the recipe's pretrained model (earlier
+    stages run first if needed, cached).
+    """
+
+    def body():
+        from flows.eval import eval_flow
+        from tasks.eval.source import check as check_model
+
+        sets = [*(set_ or []), *([f"eval.limit={limit}"] if limit is not None else [])]
+        cfg = _load(config, sets, storage)
+        models = list(input_ or [])
+        for m in models:  # a mistyped path fails before anything starts
+            check_model(m)
+        with StageProgress(total=len(models) or 9):
+            if not models:
+                from flows.pipeline import pipeline
+
+                models = [pipeline(cfg, until="pretrain")["pretrain"]]
+            results = [eval_flow(cfg.eval, cfg.storage, m) for m in models]
+        if as_json:
+            for m in results:
+                sys.stdout.write(m.model_dump_json() + "\n")
+            return
+        _eval_summary(results)
+
+    _run(body)
+
+
+def _eval_summary(results: list) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tasks.eval.steps import result_rows
+
+    console = Console()
+    table = Table(title="evaluation")
+    table.add_column("task")
+    table.add_column("metric")
+    columns = [{(r["task"], r["metric"]): r["value"] for r in result_rows(m)} for m in results]
+    for m in results:
+        who = m.stats["model"]
+        name = who["url"].rstrip("/").rsplit("/", 1)[-1] if who["stage"] == "model" else who["stage"]
+        table.add_column(f"{name} {who['key'][:8]}\n({who['backend']})", justify="right")
+    for task, metric in dict.fromkeys(k for col in columns for k in col):
+        cells = [col.get((task, metric)) for col in columns]
+        table.add_row(task, metric, *("-" if v is None else f"{v:.4f}" for v in cells))
+    console.print(table)
+    for m in results:
+        for sample in m.stats["samples"]:
+            console.print(
+                f"  [dim]{escape(sample['prompt'])}[/dim] {escape(repr(sample['completion'][:120]))}"
+            )
+        console.print(
+            f"[bold]results:[/bold] {m.url}/eval.json  [bold]manifest:[/bold] {m.url}/manifest.json"
+        )
 
 
 def _pipeline_summary(results: dict) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.errors import ForjaInputError
 
@@ -151,12 +151,82 @@ class PretrainConfig(Strict):
     )
 
 
+EVAL_TASKS = ("bpb", "hellaswag", "gsm8k", "mgsm_en", "mgsm_es", "samples")
+
+SAMPLE_PROMPTS = [
+    "Once upon a time, in a small village by the sea,",
+    "Elizabeth looked at Mr. Darcy and said",
+    "The three most important things to know about learning a new language are",
+    "Érase una vez, en un pueblo pequeño de la montaña, un niño llamado Íñigo",
+    "¿Qué es la inteligencia artificial? Es",
+    "¡Qué día tan bonito! Mañana por la mañana, la señora Núñez",
+]
+
+
+class EvalConfig(Strict):
+    tasks: list[str] = Field(
+        default_factory=lambda: list(EVAL_TASKS),
+        description="Any of bpb, hellaswag, gsm8k, samples and mgsm_<lang> for each language in eval.mgsm.",
+    )
+    limit: int | None = Field(
+        None, ge=1, description="At most this many items per task (bpb: windows per text); none: all."
+    )
+    backend: Literal["auto", "forja", "transformers"] = Field(
+        "auto", description="auto: Forja's Decoder for a Forja stage or checkpoint, transformers otherwise."
+    )
+    batch_size: int = Field(16, ge=1, description="Sequences per forward pass (does not change results).")
+    device: str = Field("auto", description="auto: cuda when available, else cpu; or any torch device.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU that has it, else float32."
+    )
+    bpb_texts: list[str] = Field(
+        default_factory=lambda: ["data/eval/bpb/en.txt", "data/eval/bpb/es.txt"],
+        description="Held-out text files (one document each) for bits per byte.",
+    )
+    bpb_window: int = Field(1024, ge=8, description="Tokens per window: the model's context, at most this.")
+    hellaswag: str = Field("data/eval/hellaswag/val-400.txt", description="6-line text or JSONL, .bz2 ok.")
+    gsm8k: str = Field("data/eval/gsm8k/test-300.jsonl", description="GSM8K JSONL (question, answer).")
+    mgsm: dict[str, str] = Field(
+        default_factory=lambda: {"en": "data/eval/mgsm/mgsm_en.tsv", "es": "data/eval/mgsm/mgsm_es.tsv"},
+        description="MGSM TSV (question<TAB>answer) per language.",
+    )
+    math_prompt: dict[str, str] = Field(
+        default_factory=lambda: {
+            "en": "Question: {question}\nAnswer:",
+            "es": "Pregunta: {question}\nRespuesta:",
+        },
+        description="Prompt per language; {question} is replaced. Few-shot examples can go in the text.",
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Longest math answer (at most half the context).")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\n\n", "Question:", "Pregunta:"],
+        description="A math answer ends at the first of these (or at EOS).",
+    )
+    prompts: list[str] = Field(
+        default_factory=lambda: list(SAMPLE_PROMPTS), description="Sample generations (greedy)."
+    )
+    sample_tokens: int = Field(48, ge=1, description="Tokens generated per sample prompt.")
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> EvalConfig:
+        known = {"bpb", "hellaswag", "gsm8k", "samples"} | {f"mgsm_{lang}" for lang in self.mgsm}
+        unknown = [t for t in self.tasks if t not in known]
+        if unknown:
+            raise ValueError(f"eval.tasks has unknown tasks {unknown}; known: {sorted(known)}")
+        langs = {t.removeprefix("mgsm_") for t in self.tasks if t.startswith("mgsm_")}
+        langs |= {"en"} if "gsm8k" in self.tasks else set()
+        if missing := sorted(lang for lang in langs if "{question}" not in self.math_prompt.get(lang, "")):
+            raise ValueError(f"eval.math_prompt needs a template with {{question}} for {missing}")
+        return self
+
+
 class ForjaConfig(Strict):
     storage: str = Field("./forja-store", description="Storage root: a folder or s3://bucket/prefix.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, raw: str) -> None:

@@ -1,0 +1,1 @@
+"""Evaluation: bits per byte, HellaSwag, GSM8K / MGSM and sample generations for any causal LM."""
