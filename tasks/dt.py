@@ -82,7 +82,7 @@ def counters(stats: PipelineStats, step_name: str) -> dict[str, Any]:
     """The plain counters of one step (`total`, `dropped`, `dropped_<reason>`, ...) as numbers."""
     for block in stats.stats:
         if block.name == step_name or block.name.endswith(f": {step_name}"):
-            return {k: (v.total if hasattr(v, "total") else v) for k, v in block.stats.items()}
+            return {k: _total(v) for k, v in block.stats.items()}
     return {}
 
 
@@ -90,4 +90,14 @@ def written(stats: PipelineStats) -> int:
     """Documents that reached the pipeline's last step (its writer)."""
     last = stats.stats[-1] if stats.stats else None
     total = last.stats.get("total") if last else None
-    return int(total.total) if total is not None else 0
+    return int(_total(total)) if total is not None else 0
+
+
+def _total(value: Any) -> Any:
+    """A counter's total. Stats read from a single shard's file stay raw (a number, or a dict for a
+    metric) until they are added to another shard's."""
+    if hasattr(value, "total"):
+        return value.total
+    if isinstance(value, dict) and "total" in value:
+        return value["total"]
+    return value

@@ -8,6 +8,7 @@ config, its inputs' keys and its code version, so an unchanged rerun finds the m
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import json
 import logging
@@ -19,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.locks import exclusive
+from tasks.provenance import code_commit
 from tasks.storage import Storage
 
 MANIFEST = "manifest.json"
@@ -46,6 +49,7 @@ class Manifest(BaseModel):
     config: dict[str, Any]
     inputs: dict[str, InputRef] = Field(default_factory=dict)  # lineage
     code_version: str
+    code_commit: str | None = None  # the checkout that built it (tasks/provenance.py); None in old manifests
     files: list[FileEntry] = Field(default_factory=list)
     stats: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
@@ -60,12 +64,25 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def code_version(*modules: ModuleType) -> str:
-    """Hash of the source of the modules that implement a stage: edit the code, the key changes."""
+def code_version(*modules: ModuleType | str) -> str:
+    """Hash of the source of the modules that implement a stage: edit the code, the key changes.
+
+    A module may be given by name: its file is read without importing it (importing Lightning to hash
+    the trainer's source costs seconds on a run that then reuses every stage)."""
     h = hashlib.sha256()
     for module in modules:
-        h.update(inspect.getsource(module).encode())
+        h.update(_source(module).encode())
     return h.hexdigest()[:12]
+
+
+def _source(module: ModuleType | str) -> str:
+    if not isinstance(module, str):
+        return inspect.getsource(module)
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError(f"no source for module {module}")
+    with open(spec.origin, encoding="utf-8", newline=None) as f:  # as inspect.getsource reads it
+        return f.read()
 
 
 def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str], version: str) -> str:
@@ -117,6 +134,24 @@ def run_stage(
     if (found := read_manifest(storage, stage, key)) is not None:
         log.info("%s: reusing %s (same config, inputs and code)", stage, found.url)
         return found
+    # Another run may be building the same artifact: wait for it, then reuse its manifest.
+    with exclusive(storage, stage, key, WORK_DIR, "lock"):
+        storage.fs.invalidate_cache(storage.path(stage, key))
+        if (found := read_manifest(storage, stage, key)) is not None:
+            log.info("%s: reusing %s (built by a concurrent run)", stage, found.url)
+            return found
+        return _build(storage, stage, key, cfg, inputs, version, build)
+
+
+def _build(
+    storage: Storage,
+    stage: str,
+    key: str,
+    cfg: dict[str, Any],
+    inputs: dict[str, Manifest],
+    version: str,
+    build: Callable[[StageDir], dict[str, Any]],
+) -> Manifest:
     out = StageDir(storage, stage, key)
     started = time.perf_counter()
     stats = build(out)
@@ -132,6 +167,7 @@ def run_stage(
         config=cfg,
         inputs={n: InputRef(stage=m.stage, key=m.key, url=m.url) for n, m in inputs.items()},
         code_version=version,
+        code_commit=code_commit(),
         files=files,
         stats=stats,
         created_at=datetime.now(UTC),

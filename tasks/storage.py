@@ -31,6 +31,13 @@ class Storage:
     root: str
 
     def __post_init__(self):
+        if "{{" in self.root:  # a deployment made without FORJA_STORAGE in the environment
+            from tasks.errors import ForjaInputError
+
+            raise ForjaInputError(
+                f"storage root {self.root!r} is an unresolved template: export FORJA_STORAGE (a folder or "
+                "s3://bucket/prefix) before `prefect deploy`, or type the storage root in the run parameters"
+            )
         root = self.root.rstrip("/")
         if "://" not in root:
             root = os.path.abspath(os.path.expanduser(root))
