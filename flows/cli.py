@@ -198,7 +198,7 @@ def _pipeline(config, set_, storage, input_, as_json, until: str | None) -> None
         cfg = _load(config, set_, storage)
         if input_:
             cfg.corpus.collect.inputs = list(input_)
-        stages = {"tokenizer": 7, "pretrain": 8, None: 8}
+        stages = {"tokenizer": 8, "pretrain": 9, None: 9}  # stages + the report card
         with StageProgress(total=stages[until]):
             results = pipeline(cfg, until=until)
         last = "shards" if until == "tokenizer" else "pretrain"
@@ -343,6 +343,8 @@ def _pipeline_summary(results: dict) -> list[str]:
             f"[bold green]pretrain[/bold green]: val loss {s['val_loss']:.3f} after {s['steps']} steps; "
             f"loss curve {pre.url}/loss.png; transformers export {s['export']}"
         )
+    if report := results.get("report"):
+        lines.append(f"[bold green]report card[/bold green]: {report.stats['report']}")
     return lines
 
 
