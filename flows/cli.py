@@ -265,14 +265,15 @@ def eval_(
     """
 
     def body():
-        from flows.eval import eval_flow
         from tasks.eval.source import check as check_model
 
         sets = [*(set_ or []), *([f"eval.limit={limit}"] if limit is not None else [])]
         cfg = _load(config, sets, storage)
         models = list(input_ or [])
-        for m in models:  # a mistyped path fails before anything starts
+        for m in models:  # a mistyped path fails at once, before Prefect or torch start
             check_model(m)
+        from flows.eval import eval_flow
+
         with StageProgress(total=len(models) or 9):
             if not models:
                 from flows.pipeline import pipeline
