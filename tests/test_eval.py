@@ -273,6 +273,39 @@ def test_forja_and_transformers_give_the_same_numbers(trained, random_export, tm
         assert saved["results"] == forja.stats["results"]
 
 
+def test_any_transformers_model_folder(tokenizer, tmp_path):
+    """A model our Decoder cannot represent (GPT-NeoX) runs through transformers; forja says why not."""
+    import shutil
+
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    folder = tmp_path / "neox"
+    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copyfile(tokenizer / name, folder / name)
+    storage = Storage(str(tmp_path / "store"))
+    cfg = EvalConfig(limit=2, max_new_tokens=8, sample_tokens=8)
+    m = evaluate(storage, cfg, str(folder))
+    assert m.stats["model"]["backend"] == "transformers" and m.stats["model"]["context"] == 128
+    assert m.stats["results"]["mgsm_es"]["items"] == 2 and len(m.stats["samples"]) == 6
+    assert 0 < m.stats["results"]["bpb"]["bpb"] < 20
+    with pytest.raises(
+        ForjaInputError, match="Decoder cannot represent this model.*use --set eval.backend=transformers"
+    ):
+        evaluate(storage, cfg.model_copy(update={"backend": "forja"}), str(folder))
+
+
 def test_same_model_and_settings_are_evaluated_once(random_export, tmp_path):
     storage = Storage(str(tmp_path / "store"))
     cfg = EvalConfig(limit=3, tasks=["bpb", "hellaswag"])
