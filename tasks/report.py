@@ -159,8 +159,8 @@ def code_of(m: Manifest) -> str:
     return c or "commit not recorded"
 
 
-def scalars(stats: dict[str, Any], prefix: str = "", depth: int = 2) -> list[tuple[str, Any]]:
-    """Numbers, flags and short strings of a stats tree, with dotted names (two levels deep)."""
+def scalars(stats: dict[str, Any], prefix: str = "", depth: int = 3) -> list[tuple[str, Any]]:
+    """Numbers, flags and short strings of a stats tree, with dotted names (three levels deep)."""
     out: list[tuple[str, Any]] = []
     for k, v in stats.items():
         name = f"{prefix}{k}"
