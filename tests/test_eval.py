@@ -363,6 +363,55 @@ def test_stage_manifests_folders_and_checkpoints_name_the_same_model(trained, to
     assert _results(by_ckpt) == pytest.approx(_results(by_manifest))
 
 
+def test_models_and_results_in_s3(trained, tmp_path, monkeypatch):
+    """Storage root, stage manifest and model folder all in an S3-speaking server (moto, over HTTP)."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        env = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        for name, value in {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("FORJA_CACHE", str(tmp_path / "cache"))
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="forja-eval")
+        storage = Storage("s3://forja-eval/root")
+
+        def build(out):
+            for f in trained[1].iterdir():
+                storage.write_bytes_atomic(f.read_bytes(), "sft", out.key, "export", f.name)
+            return {"export": out.url("export")}
+
+        stage = run_stage(storage, "sft", {"run": 3}, {}, "test", build)
+        cfg = EvalConfig(limit=2, tasks=["bpb", "hellaswag", "samples"], sample_tokens=8)
+        first = evaluate(storage, cfg, stage)
+        assert first.url.startswith("s3://forja-eval/root/eval/")
+        assert storage.list_files("eval", first.key) == [
+            "details/hellaswag.jsonl",
+            "eval.json",
+            "manifest.json",
+        ]
+        assert evaluate(storage, cfg, f"{stage.url}/manifest.json").created_at == first.created_at
+        folder = evaluate(storage, cfg, f"{stage.url}/export")  # a plain remote folder: transformers
+        assert folder.stats["model"]["backend"] == "transformers"
+        assert _results(folder) == pytest.approx(_results(first), abs=1e-4)
+        assert folder.stats["samples"] == first.stats["samples"]
+    finally:
+        server.stop()
+
+
 def test_bad_model_references_name_the_path_and_the_fix(tmp_path, trained):
     storage = Storage(str(tmp_path / "store"))
     cfg = EvalConfig(limit=1, tasks=["bpb"])

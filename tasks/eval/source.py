@@ -132,7 +132,14 @@ def resolve(model: Manifest | str | os.PathLike) -> ModelSource:
             return from_manifest(_read_manifest(f"{ref.rstrip('/')}/{MANIFEST}"))
         if not fs.exists(f"{path}/config.json"):
             raise ForjaInputError(f"{ref}: no config.json or {MANIFEST} there; {WHAT_TO_PASS}")
-        local = _fetch(ref, cache_root() / "models" / hashlib.sha256(ref.encode()).hexdigest()[:16])
+        # a plain folder can change: its local copy is named by the URL and the files' sizes and versions
+        listing = sorted(
+            (i["name"], i.get("size"), str(i.get("ETag") or i.get("LastModified") or i.get("mtime")))
+            for i in fs.find(path, detail=True).values()
+        )
+        local = _fetch(
+            ref, cache_root() / "models" / hashlib.sha256(repr((ref, listing)).encode()).hexdigest()[:16]
+        )
         return ModelSource("folder", local, local, _stand_in("model", files_key(local), ref), forja=False)
 
     path = Path(ref.removeprefix("file://")).expanduser()
