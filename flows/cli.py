@@ -69,7 +69,7 @@ def _finish(manifest, as_json: bool, summary: list[str]) -> None:
 class StageProgress:
     """A rich progress bar over the stages of a flow, with one line per finished stage."""
 
-    def __init__(self, total: int):
+    def __init__(self, total: int | None):
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -274,7 +274,7 @@ def eval_(
             check_model(m)
         from flows.eval import eval_flow
 
-        with StageProgress(total=len(models) or 9):
+        with StageProgress(total=len(models) or None):  # None: as many as the pipeline runs
             if not models:
                 from flows.pipeline import pipeline
 

@@ -124,7 +124,8 @@ class LanguageModel(ABC):
                 cols += range(start, start + n)
                 targets += full[len(full) - n :]
             logits = self.logits(batch.to(self.device))
-            picked = logits[torch.tensor(rows), torch.tensor(cols)].float().log_softmax(-1)
+            at_rows, at_cols = (torch.tensor(v, device=logits.device) for v in (rows, cols))
+            picked = logits[at_rows, at_cols].float().log_softmax(-1)
             lp = picked.gather(1, torch.tensor(targets, device=picked.device)[:, None])[:, 0].double().cpu()
             at = 0
             for i in idx:
@@ -156,7 +157,8 @@ class LanguageModel(ABC):
         per step, reading its own prompt token while it has one and its argmax afterwards, so positions
         line up and one key/value cache serves the whole batch."""
         new_max, room = self.generation_budget(max_new_tokens)
-        encoded = [(self.prefix + self.encode(p))[-room:] for p in prompts]
+        blank = [self.eos_id if self.eos_id is not None else 0]  # an empty prompt still needs a position
+        encoded = [(self.prefix + self.encode(p))[-room:] or blank for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         texts: list[str] = [""] * len(prompts)
         for b in range(0, len(order), batch_size):
