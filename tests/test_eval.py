@@ -439,12 +439,7 @@ def test_bad_model_references_name_the_path_and_the_fix(tmp_path, trained):
 
 
 def test_forja_eval_command(random_export, tmp_path):
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
 
     def forja(*args):
         return subprocess.run(
