@@ -15,9 +15,10 @@
 
    The Trainer is used exactly as `build` returns it, with validation and checkpoints moved past the
    last step and no export: precision 32-true; CSV + TensorBoard loggers written every 10 steps
-   (log_every_n_steps); `train/loss` (also on the progress bar) and `train/lr` logged every step; the
-   Throughput callback (tokens/s logged every step); Lightning's Rich progress bar (FORJA_PROGRESS=1, the
-   default; its output goes to a scratch file here, as it does under a Prefect worker, not a terminal);
+   (log_every_n_steps); `train/loss` (also on the progress bar) and `train/lr` logged on those steps only;
+   the Throughput callback (tokens/s over the steps since its last write, on those steps only);
+   Lightning's Rich progress bar (FORJA_PROGRESS=1, the default; its output goes to a scratch file here,
+   as it does under a Prefect worker, not a terminal); the ProgressFile callback (every 10 steps);
    ModelCheckpoint attached (no save falls in the run); gradient_clip_val; deterministic=True.
 
    Pairing: right after each Lightning optimizer step a callback runs one step of a bare-loop twin (its
@@ -31,10 +32,6 @@
    to show that the twin runs at its speed. Target: >= 0.97.
 
    Unless --no-profile, more Lightning runs, each with its own paired twin:
-   - log_every_10: the Trainer as built with the two changes this benchmark proposes (see
-     benchmarks/README.md): LitDecoder.training_step calls self.log only on the steps the loggers write
-     (every log_every_n_steps), and the Throughput callback logs tokens/s over the steps since its last
-     write, on those steps only. The logged rows (CSV, TensorBoard) stay the same.
    - -progress_bar, -loggers, -throughput_cb, -self_log: the Trainer as built with its extras taken away
      cumulatively, in this order, to show where the difference goes.
 
@@ -285,49 +282,11 @@ def quiet_training_step(self, batch, batch_idx):
     return loss
 
 
-def sparse_training_step(self, batch, batch_idx):
-    """The change proposed for LitDecoder.training_step: log only on the steps the loggers write
-    (Lightning writes after step k when k % log_every_n_steps == 0; here global_step is k - 1)."""
-    x, y = batch
-    _, loss = self.model(x, y)
-    if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
-    return loss
-
-
-class WindowThroughput(Throughput):
-    """The change proposed for models.lightning.Throughput: tokens/s (and MFU) over all the steps since
-    the previous logger write, logged only on the steps the loggers write."""
-
-    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
-        super().__init__(tokens_per_step, flops_per_token, peak_flops)
-        self._step0 = 0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (
-            batch_idx + 1
-        ) % trainer.accumulate_grad_batches or trainer.global_step % trainer.log_every_n_steps:
-            return
-        now = time.perf_counter()
-        seconds, steps = now - (self._t0 or now), trainer.global_step - self._step0
-        self._t0, self._step0 = now, trainer.global_step
-        if seconds <= 0 or steps <= 0:
-            return
-        tps = self.tokens_per_step * steps / seconds
-        pl_module.log("perf/tokens_per_s", tps, on_step=True, on_epoch=False)
-        if self.peak_flops:
-            pl_module.log(
-                "perf/mfu", tps * self.flops_per_token / self.peak_flops, on_step=True, on_epoch=False
-            )
-
-
-# Lightning runs: "lightning" is the Trainer as `build` returns it; "log_every_10" is it with the two
-# changes proposed above; the others take extras away from it, cumulatively, in this order.
+# Lightning runs: "lightning" is the Trainer as `build` returns it; the others take extras away from it,
+# cumulatively, in this order.
 STRIP = ["progress_bar", "loggers", "throughput_callback", "self_log"]
 VARIANTS = {
     "lightning": [],
-    "log_every_10": ["sparse_logging"],
     "-progress_bar": STRIP[:1],
     "-loggers": STRIP[:2],
     "-throughput_cb": STRIP[:3],
@@ -350,14 +309,6 @@ def run_lightning(
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, Throughput)]
         if "self_log" in strip:
             module.training_step = types.MethodType(quiet_training_step, module)
-        if "sparse_logging" in strip:
-            module.training_step = types.MethodType(sparse_training_step, module)
-            trainer.callbacks = [
-                WindowThroughput(c.tokens_per_step, c.flops_per_token, c.peak_flops)
-                if isinstance(c, Throughput)
-                else c
-                for c in trainer.callbacks
-            ]
         trainer.fit(module, datamodule=data)
     out = {"lightning": steady(pairs.lightning, warmup)}
     if twin:

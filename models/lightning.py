@@ -62,8 +62,11 @@ class LitDecoder(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # Only on the steps the loggers write: each self.log call costs about as much as a small model's
+        # step gains from a few % of speed (measured in benchmarks/pretrain_throughput.py).
+        if logs_this_step(self.trainer):
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def on_validation_epoch_start(self):
@@ -124,8 +127,14 @@ class LitDecoder(L.LightningModule):
             self.samples = checkpoint["rng"]["samples"]
 
 
+def logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether the optimizer step now running is one the loggers write (every log_every_n_steps)."""
+    return (trainer.global_step + 1) % trainer.log_every_n_steps == 0
+
+
 class Throughput(L.Callback):
-    """Tokens per second and model FLOPs utilisation (against `peak_flops`, when known)."""
+    """Tokens per second and model FLOPs utilisation (against `peak_flops`, when known), over the steps
+    since the last logger write, logged on the steps the loggers write."""
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
         self.tokens_per_step, self.flops_per_token, self.peak_flops = (
@@ -134,19 +143,23 @@ class Throughput(L.Callback):
             peak_flops,
         )
         self._t0: float | None = None
+        self._step0 = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self._t0 is None:
-            self._t0 = time.perf_counter()
+            self._t0, self._step0 = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        # global_step has moved past the step that just ended: that step was logged if this is a multiple
+        mid_accumulation = (batch_idx + 1) % trainer.accumulate_grad_batches
+        if mid_accumulation or trainer.global_step % trainer.log_every_n_steps:
             return
         now = time.perf_counter()
-        seconds, self._t0 = now - (self._t0 or now), now
-        if seconds <= 0:
+        seconds, steps = now - (self._t0 or now), trainer.global_step - self._step0
+        self._t0, self._step0 = now, trainer.global_step
+        if seconds <= 0 or steps <= 0:
             return
-        tps = self.tokens_per_step / seconds
+        tps = self.tokens_per_step * steps / seconds
         pl_module.log("perf/tokens_per_s", tps, on_step=True, on_epoch=False)
         if self.peak_flops:
             pl_module.log(

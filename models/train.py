@@ -67,6 +67,7 @@ class ProgressFile(L.Callback):
         }
         state = {"step": trainer.global_step, "max_steps": trainer.max_steps, **metrics}
         tmp = self.path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(state))
         tmp.replace(self.path)
 
