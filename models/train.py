@@ -82,6 +82,13 @@ def _strategy(spec: TrainSpec):
     if spec.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
+        if spec.accelerator == "cpu" or not torch.cuda.is_available():
+            # Lightning's FSDP strategy runs on CUDA devices only; say so before it fails deep inside
+            raise SystemExit(
+                "pretrain.strategy=fsdp needs CUDA GPUs and this machine has none; "
+                "use pretrain.strategy=ddp (or auto) on CPU"
+            )
+
         from models.model import Block
 
         return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")

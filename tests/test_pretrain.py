@@ -236,3 +236,12 @@ def test_two_torchrun_launches_match_one_process(shards, tmp_path):
     a, b = _weights(single), _weights(nodes)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_fsdp_without_gpus_names_the_fix(shards, tmp_path):
+    proc = _train(_spec(shards, tmp_path / "fsdp", strategy="fsdp"), wait=False)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "pretrain.strategy=fsdp needs CUDA GPUs" in out and "strategy=ddp" in out
+    assert "Traceback" not in out
