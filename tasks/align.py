@@ -1,0 +1,195 @@
+"""Preference tuning as stages: pair files -> encoded pairs -> training in its own process.
+
+- `dpo`: DPO with a fresh LoRA adapter on the base's merged export; the reference is that export with the
+  adapter disabled. Writes what SFT writes (`adapter/`, `export/`, `metrics.json`, `loss.png`, ...) plus
+  `curves.png` (loss, reward margin, preference accuracy) and `data/skipped.json`.
+- `reward_model`: a Bradley-Terry reward model on the same pairs; writes `export/`, `reward_head.safetensors`,
+  `reward.json` (models.reward.load_reward_model reads the folder) and the same curves.
+
+Both keys hash the settings, the base's and tokenizer's keys and the digests of the pair files: the same
+base, data and settings find the finished run and do no work. The manifest's inputs name the base stage
+(an SFT stage's key, typically) and the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tasks import chat_data, preference_data
+from tasks.config import DPOConfig, PairDataSection, PreferenceTraining, RewardModelConfig
+from tasks.errors import ForjaInputError
+from tasks.launcher import cache_root, local_copy, run_training
+from tasks.manifest import MANIFEST, Manifest, StageDir, code_version, run_stage
+from tasks.sft import context_of, data_digests, storage_of, tokenizer_of
+from tasks.storage import Storage, open_url
+
+COMMON_MODULES = (
+    "models.posttrain",
+    "models.pair_data",
+    "models.preference_loss",
+    "models.curves",
+    "models.sft_data",
+    "models.chat",
+    "models.lora",
+    "models.policy",
+    "models.load",
+    "models.export",
+    "models.model",
+    "models.data",
+    "models.lightning",
+    "models.train",
+)
+PAIR_FIELDS = set(PairDataSection.model_fields) - {"data"}
+TRAINER_FIELDS = {
+    "micro_batch",
+    "accumulate",
+    "max_steps",
+    "val_every",
+    "ckpt_every",
+    "seed",
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "precision",
+}
+
+
+def base_manifest(url: str, setting: str = "dpo.base") -> Manifest:
+    """The manifest of a finished stage folder given by URL or path (or of its manifest.json)."""
+    url = url.rstrip("/").removesuffix("/" + MANIFEST)
+    try:
+        with open_url(f"{url}/{MANIFEST}") as f:
+            return Manifest.model_validate_json(f.read())
+    except FileNotFoundError:
+        raise ForjaInputError(
+            f"{url}: no {MANIFEST}; {setting} must be a finished stage folder such as forja-store/sft/<key>"
+        ) from None
+
+
+def check_training(section: str, cfg: PreferenceTraining) -> None:
+    """Reject settings the trainer would refuse, before anything runs (the message names the key)."""
+    from models.lightning import OptimConfig
+    from models.lora import LoraSettings
+
+    try:
+        OptimConfig(**cfg.optim)
+    except TypeError as e:
+        raise ForjaInputError(f"{section}.optim: {e}") from None
+    try:
+        LoraSettings(**cfg.lora.model_dump())
+    except ValueError as e:
+        raise ForjaInputError(f"{section}.{e}") from None
+
+
+def _train_on_pairs(
+    storage: Storage,
+    stage: str,
+    entry: str,
+    cfg: PreferenceTraining,
+    pairs: PairDataSection,
+    base: Manifest,
+    tokenizer: Manifest | None,
+    inputs: list[str] | None,
+    spec_extra: Callable[[object], dict],
+) -> Manifest:
+    """The frame both stages share: key, local copies of base and tokenizer, pairs, launch, stats."""
+    tokenizer = tokenizer or tokenizer_of(base)
+    files = chat_data.expand_inputs(list(inputs or pairs.data))
+    keyed = {
+        **cfg.model_dump(mode="json", exclude={"launcher", "data", "base", "enabled"}),
+        **pairs.model_dump(mode="json", include=PAIR_FIELDS),
+        "data": data_digests(files),
+    }
+
+    def build(out: StageDir) -> dict:
+        from models.chat import ChatTemplate
+
+        check_training(stage, cfg)
+        cache = cache_root()
+        base_dir = local_copy(storage_of(base), base.stage, base.key, cache, "export")
+        tokenizer_dir = local_copy(storage_of(tokenizer), tokenizer.stage, tokenizer.key, cache, "hf")
+        template = ChatTemplate.from_file(tokenizer_dir)
+        context = context_of(base_dir)
+        max_length = min(pairs.max_length or context, context)
+        data: dict = {}
+
+        def spec(run_dir: Path) -> dict:
+            data.update(
+                preference_data.prepare_pairs(
+                    files, pairs.on_bad_input, pairs.val_fraction, template, max_length, run_dir / "data"
+                )
+            )
+            return {
+                "out_dir": str(run_dir),
+                "base": str(base_dir),
+                "data_dir": str(run_dir / "data"),
+                "tokenizer_dir": str(tokenizer_dir),
+                "lora": cfg.lora.model_dump(),
+                "optim": cfg.optim,
+                "pad_id": template.pad_id,
+                **cfg.model_dump(include=TRAINER_FIELDS),
+                **spec_extra(template),
+            }
+
+        run_dir = run_training(storage, out, entry, spec, cfg.launcher, cfg.num_nodes, cfg.devices)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        history = metrics.pop("history")
+        samples = json.loads((run_dir / "samples.json").read_text())
+        return {
+            **metrics,
+            "data": data,
+            "evaluations": [r for r in history if "val/loss" in r],
+            "samples": samples[-1]["samples"] if samples else {},
+            "samples_before": samples[0]["samples"] if len(samples) > 1 else {},
+            "base": base.url,
+            "base_stage": base.stage,
+            "adapter": out.url("adapter"),
+            "export": out.url("export"),
+            "curves": out.url("curves.png"),
+        }
+
+    # models.reward builds on models.dpo: both are hashed for the reward model
+    modules = (entry, "models.dpo") if entry != "models.dpo" else (entry,)
+    version = code_version(sys.modules[__name__], chat_data, preference_data, *modules, *COMMON_MODULES)
+    return run_stage(storage, stage, keyed, {base.stage: base, "tokenizer": tokenizer}, version, build)
+
+
+def dpo(
+    storage: Storage,
+    cfg: DPOConfig,
+    base: Manifest,
+    tokenizer: Manifest | None = None,
+    inputs: list[str] | None = None,
+) -> Manifest:
+    """DPO of `base` (an sft, pretrain or dpo stage) on preference pairs; `inputs` replace `cfg.data`."""
+
+    def extra(template) -> dict:
+        return {
+            "beta": cfg.beta,
+            "label_smoothing": cfg.label_smoothing,
+            "samples": {"prompts": cfg.sample_prompts, "max_new_tokens": cfg.sample_tokens},
+        }
+
+    return _train_on_pairs(storage, "dpo", "models.dpo", cfg, cfg, base, tokenizer, inputs, extra)
+
+
+def reward_model(
+    storage: Storage,
+    cfg: RewardModelConfig,
+    base: Manifest,
+    pairs: PairDataSection,
+    tokenizer: Manifest | None = None,
+    inputs: list[str] | None = None,
+) -> Manifest:
+    """A Bradley-Terry reward model on `base` (its decoder plus a scalar head), trained on the pairs of
+    `pairs.data` (or `inputs`) with `pairs`' reading settings: the same pairs DPO uses."""
+
+    def extra(template) -> dict:
+        return {"center_coef": cfg.center_coef}
+
+    stage, entry = "reward_model", "models.reward"
+    return _train_on_pairs(storage, stage, entry, cfg, pairs, base, tokenizer, inputs, extra)
