@@ -29,10 +29,17 @@ log = logging.getLogger("forja")
 
 
 @contextlib.contextmanager
-def exclusive(storage: Storage, *parts: str, ttl_s: float = 60.0, poll_s: float = 1.0) -> Iterator[None]:
-    """Hold the lock named by `parts` (a path under the storage root) for the body of the `with`."""
+def exclusive(
+    storage: Storage, *parts: str, ttl_s: float = 60.0, poll_s: float = 1.0, tidy: bool = False
+) -> Iterator[None]:
+    """Hold the lock named by `parts` (a path under the storage root) for the body of the `with`.
+
+    `tidy`: delete the lock file when the body succeeds, so the folder keeps only the artifact. Only for
+    callers whose waiters re-check for the finished work before doing it (a waiter may hold the deleted
+    file while a newcomer locks a new one).
+    """
     if storage.is_local:
-        with _flock(storage.path(*parts)):
+        with _flock(storage.path(*parts), tidy):
             yield
     else:
         with _lease(storage, storage.path(*parts), ttl_s, poll_s):
@@ -40,7 +47,7 @@ def exclusive(storage: Storage, *parts: str, ttl_s: float = 60.0, poll_s: float 
 
 
 @contextlib.contextmanager
-def _flock(path: str) -> Iterator[None]:
+def _flock(path: str, tidy: bool) -> Iterator[None]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a+b") as f:
         try:
@@ -50,6 +57,9 @@ def _flock(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
+            if tidy:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 

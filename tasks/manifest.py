@@ -135,7 +135,7 @@ def run_stage(
         log.info("%s: reusing %s (same config, inputs and code)", stage, found.url)
         return found
     # Another run may be building the same artifact: wait for it, then reuse its manifest.
-    with exclusive(storage, stage, key, WORK_DIR, "lock"):
+    with exclusive(storage, stage, key, WORK_DIR, "lock", tidy=True):
         storage.fs.invalidate_cache(storage.path(stage, key))
         if (found := read_manifest(storage, stage, key)) is not None:
             log.info("%s: reusing %s (built by a concurrent run)", stage, found.url)

@@ -37,7 +37,11 @@ def _overlaps(storage: Storage, hold_s: float = 0.3, **kw) -> int:
 
 
 def test_local_lock_is_exclusive(tmp_path):
-    assert _overlaps(Storage(str(tmp_path))) == 0
+    storage = Storage(str(tmp_path))
+    assert _overlaps(storage) == 0
+    with exclusive(storage, "stage", "done", "lock", tidy=True):
+        assert storage.exists("stage", "done", "lock")
+    assert not storage.exists("stage", "done", "lock"), "a finished artifact's folder keeps no lock file"
 
 
 @pytest.fixture(scope="module")
