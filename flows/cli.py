@@ -243,6 +243,49 @@ def pretrain(
     _pipeline(config, set_, storage, input_, as_json, until="pretrain")
 
 
+@app.command()
+def sft(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune with LoRA on chat data (--input: chat or instruction files and folders).
+
+    The base is `sft.base` (a pretrain or sft stage folder) or the recipe's pretrained model (earlier
+    stages run first if needed, cached).
+    """
+
+    def body():
+        from flows.finetune import sft_flow
+        from tasks.sft import manifest_at
+
+        cfg = _load(config, set_, storage)
+        with StageProgress(total=1 if cfg.sft.base else 10):
+            if cfg.sft.base:
+                base = manifest_at(cfg.sft.base)
+            else:
+                from flows.pipeline import pipeline
+
+                base = pipeline(cfg, until="pretrain")["pretrain"]
+            m = sft_flow(cfg.sft, cfg.storage, base, list(input_) if input_ else None)
+        s, data = m.stats, m.stats["data"]
+        skipped = sum(data["skipped"].values())
+        loss = f"{s['val_loss_start']:.3f} -> {s['val_loss']:.3f}" if s.get("val_loss") is not None else "n/a"
+        _finish(
+            m,
+            as_json,
+            [
+                f"[bold green]sft[/bold green]: answer-token val loss {loss} after {s['steps']} steps; "
+                f"{data['train']['examples']:,} conversations ({skipped} skipped: {m.url}/data/skipped.json)",
+                f"adapter (peft): {s['adapter']}; merged transformers export: {s['export']}",
+            ],
+        )
+
+    _run(body)
+
+
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="At most N items per benchmark (a quick run); eval.limit.")
 ]

@@ -151,6 +151,71 @@ class PretrainConfig(Strict):
     )
 
 
+LoraTarget = Literal["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+
+
+class LoraSection(Strict):
+    r: int = Field(8, ge=1, description="Rank of the update matrices.")
+    alpha: float = Field(16.0, gt=0, description="The update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[LoraTarget] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
+        min_length=1,
+        description="Linear layers that get an adapter (same names in gpt2 and llama; gate_proj: llama).",
+    )
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Whole modules trained and saved with the adapter, by name suffix ('norm': every norm).",
+    )
+
+
+class SFTConfig(Strict):
+    data: list[str] = Field(
+        default_factory=lambda: ["data/sft"],
+        description="Chat (messages / ShareGPT) and instruction files, .json or .jsonl, or folders of them.",
+    )
+    on_bad_input: Literal["skip", "fail"] = Field(
+        "skip", description="skip: count and report bad records; fail: stop at the first one."
+    )
+    base: str | None = Field(
+        None,
+        description="Stage folder (pretrain or sft) to fine-tune; none: the recipe's pretrained model.",
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per example (longer ones are cut); none: the base model's context."
+    )
+    val_fraction: float = Field(
+        0.05, ge=0, lt=0.5, description="Conversations held out (by content hash) for validation."
+    )
+    lora: LoraSection = Field(default_factory=LoraSection)
+    optim: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.0},
+        description="models.lightning.OptimConfig fields (AdamW over the adapter, warmup + cosine).",
+    )
+    micro_batch: int = Field(8, ge=1, description="Conversations per micro-batch (padded, not packed).")
+    accumulate: int = Field(1, ge=1)
+    max_steps: int = Field(200, ge=1)
+    val_every: int = Field(50, ge=1)
+    ckpt_every: int = Field(100, ge=1)
+    seed: int = 1234
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
+    launcher: Literal["lightning", "torchrun"] = "lightning"
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: [
+            "What is your name?",
+            "¿Cómo te llamas?",
+            "Tell me a joke.",
+            "¿Qué es un ñu?",
+        ],
+        description="User messages answered (greedy) at each evaluation.",
+    )
+    sample_tokens: int = Field(48, ge=1)
+
+
 EVAL_TASKS = ("bpb", "hellaswag", "gsm8k", "mgsm_en", "mgsm_es", "samples")
 
 SAMPLE_PROMPTS = [
@@ -226,6 +291,7 @@ class ForjaConfig(Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 

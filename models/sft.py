@@ -1,0 +1,80 @@
+"""Supervised fine-tuning with LoRA: `python -m models.sft spec.json`.
+
+The same command runs on one process, on several local ones (Lightning re-executes it per rank) or on
+every node of a cluster, like `models.train`. The loss is the cross-entropy of the assistant tokens only
+(the mask of the chat template); prompts, role markers and padding add nothing to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.posttrain import PolicyModule, PostTrainSpec, run, seed_everything
+from models.sft_data import ChatData
+
+
+@dataclass(kw_only=True)
+class SFTSpec(PostTrainSpec):
+    pad_id: int = 3
+
+
+class LitSFT(PolicyModule):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        _, loss = self.policy(x, y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, tokens, correct
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits, _ = self.policy(x)
+        keep = y != -100
+        loss = torch.nn.functional.cross_entropy(logits[keep], y[keep], reduction="sum")
+        correct = (logits[keep].argmax(-1) == y[keep]).sum()
+        self._val += torch.stack([loss.double(), keep.sum().double(), correct.double()])
+
+    def on_validation_epoch_end(self):
+        loss_sum, tokens, correct = self._val.tolist()
+        if tokens:
+            self.log("val/loss", loss_sum / tokens, prog_bar=True, sync_dist=True)
+            self.log("val/token_acc", correct / tokens, sync_dist=True)
+        super().on_validation_epoch_end()
+
+
+def train(spec: SFTSpec) -> dict:
+    seed_everything(spec.seed)  # before the adapter's random initialisation
+    module = LitSFT(
+        spec.base,
+        spec.lora,
+        {**spec.optim, "max_steps": spec.max_steps},
+        spec.adapter,
+        spec.samples,
+        spec.tokenizer_dir,
+    )
+    data = ChatData(spec.data_dir, spec.micro_batch, spec.accumulate, spec.pad_id, spec.seed)
+    return run(spec, module, data, has_val=(Path(spec.data_dir) / "val.npz").exists())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from models.train import _quiet
+
+    _quiet()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec", help="fine-tuning spec (JSON)")
+    args = parser.parse_args(argv)
+    metrics = train(SFTSpec.load(args.spec))
+    if metrics:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+
+
+if __name__ == "__main__":
+    main()
