@@ -286,6 +286,110 @@ def sft(
     _run(body)
 
 
+def _tuned_model(cfg, stage_folder: str | None, setting: str):
+    """The model a post-training command starts from: the stage folder in `setting`, else the recipe's SFT
+    model (earlier stages run first if needed, cached)."""
+    from tasks.align import base_manifest
+
+    if stage_folder:
+        return base_manifest(stage_folder, setting)
+    from flows.finetune import sft_flow
+    from flows.pipeline import pipeline
+
+    return sft_flow(cfg.sft, cfg.storage, pipeline(cfg, until="pretrain")["pretrain"])
+
+
+@app.command()
+def dpo(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Preference tuning: DPO and a reward model on preference pairs (--input: pair files and folders).
+
+    The base is `dpo.base` (an sft, pretrain or dpo stage folder) or the recipe's SFT model. --json prints
+    one manifest per line: DPO's, then the reward model's.
+    """
+
+    def body():
+        from flows.align import dpo_flow
+
+        cfg = _load(config, set_, storage)
+        stages = 1 + cfg.reward_model.enabled
+        with StageProgress(total=stages if cfg.dpo.base else 10 + stages):
+            base = _tuned_model(cfg, cfg.dpo.base, "dpo.base")
+            results = dpo_flow(cfg.dpo, cfg.reward_model, cfg.storage, base, list(input_) if input_ else None)
+        if as_json:
+            for m in results.values():
+                sys.stdout.write(m.model_dump_json() + "\n")
+            return
+        from rich.console import Console
+
+        console = Console()
+        for m in results.values():
+            s, data = m.stats, m.stats["data"]
+            skipped = sum(data["skipped"].values())
+            console.print(
+                f"[bold green]{m.stage}[/bold green]: held-out preference accuracy {s['val_accuracy']:.3f}, "
+                f"reward margin {s['val_margin']:.3f} after {s['steps']} steps; {data['train']['pairs']:,} "
+                f"pairs ({skipped} skipped: {m.url}/data/skipped.json); curves {s['curves']}"
+            )
+            console.print(f"  [bold]manifest:[/bold] {m.url}/manifest.json")
+        if "reward_model" in results:
+            url = results["reward_model"].url
+            console.print(f"reward function: models.reward.load_reward_model('{url}')")
+
+    _run(body)
+
+
+@app.command()
+def feedback(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Human feedback: two answers per prompt (--input: prompt files), a choice per question in the UI.
+
+    The run pauses at each question; answer it in the Prefect UI (the flow run's Resume form). Needs a
+    Prefect server the annotators can open: PREFECT_API_URL. The model is `feedback.model` (a stage
+    folder) or the recipe's SFT model; choices go to <storage>/feedback/<feedback.collection>/pairs.jsonl.
+    """
+
+    def body():
+        import json
+
+        from tasks.errors import ForjaInputError
+
+        if not os.environ.get("PREFECT_API_URL"):
+            raise ForjaInputError(
+                "forja feedback waits for answers in the Prefect UI: start a server (prefect server start) "
+                "and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        from flows.feedback import feedback_flow
+
+        cfg = _load(config, set_, storage)
+        with StageProgress(total=1 if cfg.feedback.model else 11):
+            model = _tuned_model(cfg, cfg.feedback.model, "feedback.model")
+            summary = feedback_flow(cfg.feedback, cfg.storage, model, list(input_) if input_ else None)
+        if as_json:
+            sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
+            return
+        from rich.console import Console
+
+        c = summary["choices"]
+        Console().print(
+            f"[bold green]feedback[/bold green]: {summary['answered']} of {summary['asked']} questions "
+            f"answered (A {c.get('A', 0)}, B {c.get('B', 0)}, tie {c.get('tie', 0)}); "
+            f"{summary['pairs']} preference pairs in {summary['url']}"
+        )
+
+    _run(body)
+
+
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="At most N items per benchmark (a quick run); eval.limit.")
 ]

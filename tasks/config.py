@@ -216,6 +216,102 @@ class SFTConfig(Strict):
     sample_tokens: int = Field(48, ge=1)
 
 
+class PairDataSection(Strict):
+    """Preference pairs: what DPO and the reward model read (the same files for both)."""
+
+    data: list[str] = Field(
+        default_factory=lambda: ["data/preference"],
+        description="Pair files (.json/.jsonl, gzipped or not) or folders: {prompt, chosen, rejected}, "
+        "HH-RLHF transcripts, or pairs collected with `forja feedback` "
+        "(<storage>/feedback/<collection>/pairs.jsonl).",
+    )
+    on_bad_input: Literal["skip", "fail"] = Field(
+        "skip", description="skip: count and report bad pairs; fail: stop at the first one (ties: skipped)."
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per prompt + answer (longer answers are cut); none: the context."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="Pairs held out (by content hash) for the preference accuracy."
+    )
+
+
+class PreferenceTraining(Strict):
+    lora: LoraSection = Field(default_factory=LoraSection)
+    optim: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 10, "weight_decay": 0.0},
+        description="models.lightning.OptimConfig fields (AdamW over the adapter, warmup + cosine).",
+    )
+    micro_batch: int = Field(8, ge=1, description="Pairs per micro-batch (2x the sequences).")
+    accumulate: int = Field(1, ge=1)
+    max_steps: int = Field(100, ge=1)
+    val_every: int = Field(50, ge=1)
+    ckpt_every: int = Field(100, ge=1)
+    seed: int = 1234
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
+    launcher: Literal["lightning", "torchrun"] = "lightning"
+
+
+class DPOConfig(PairDataSection, PreferenceTraining):
+    base: str | None = Field(
+        None,
+        description="Stage folder (sft, pretrain or dpo) whose model is tuned and is the reference; "
+        "none: the recipe's SFT model.",
+    )
+    beta: float = Field(0.1, gt=0, description="Strength of the pull towards the reference model.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Probability that a label is wrong (conservative DPO); 0: plain DPO."
+    )
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["Tell me a joke.", "¿Qué es un ñu?"],
+        description="User messages answered (greedy) at each evaluation.",
+    )
+    sample_tokens: int = Field(48, ge=1)
+
+
+class RewardModelConfig(PreferenceTraining):
+    enabled: bool = Field(True, description="Train the reward model next to DPO, on the same pairs.")
+    center_coef: float = Field(
+        0.01, ge=0, description="Pulls the rewards' mean towards 0 (the loss itself sees differences only)."
+    )
+
+
+class FeedbackConfig(Strict):
+    prompts: list[str] = Field(
+        default_factory=lambda: ["data/feedback/prompts.jsonl"],
+        description="Prompt files: .jsonl/.json records with 'prompt' (text or messages), .txt one per line.",
+    )
+    model: str | None = Field(
+        None, description="Stage folder (sft, dpo or pretrain) that answers; none: the recipe's SFT model."
+    )
+    adapter: str | None = Field(
+        None, description="A peft adapter folder on the model's base instead of the stage's own adapter."
+    )
+    collection: str = Field(
+        "default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="<storage>/feedback/<collection>/"
+    )
+    annotator: str = Field("", description="Pre-filled annotator name in the form.")
+    max_prompts: int | None = Field(None, ge=1, description="Questions per session; none: every prompt.")
+    skip_answered: bool = Field(
+        True, description="Leave out questions this collection already holds a choice for."
+    )
+    batch_size: int = Field(5, ge=1, description="Choices written per atomic append to pairs.jsonl.")
+    temperature: float = Field(0.9, gt=0, description="Sampling temperature of the two answers.")
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=1)
+    tries: int = Field(4, ge=1, description="Samples drawn per prompt to get two different answers.")
+    seed: int = 0
+    timeout_s: int = Field(
+        3600, ge=1, description="How long a question waits for its answer before the run fails."
+    )
+    poll_s: float = Field(5.0, gt=0, description="How often the waiting run checks for the answer.")
+
+
 EVAL_TASKS = ("bpb", "hellaswag", "gsm8k", "mgsm_en", "mgsm_es", "samples")
 
 SAMPLE_PROMPTS = [
@@ -292,6 +388,9 @@ class ForjaConfig(Strict):
     shards: ShardsConfig = Field(default_factory=ShardsConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
