@@ -6,7 +6,8 @@ inside the last `\\boxed{}`, else after the last "the answer is" / "la respuesta
 "Respuesta:", else the last number of the completion. It is right when it equals the reference as a
 number (so `5`, `5.00`, `$5` and `5 dollars` all match 5).
 
-How numbers are read, in both languages:
+The reading rules live in `models.answers` (the RL verifiers use the same ones). How numbers are read,
+in both languages:
 - a minus sign (`-` or `−`) counts unless it follows a letter or digit (`10-3` is a subtraction);
 - currency signs before and units after a number are ignored;
 - groups of three digits after spaces are thousands (`80 000`, as MGSM's Spanish writes them);
@@ -21,79 +22,13 @@ How numbers are read, in both languages:
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from models.answers import extract_answer, is_correct, numbers, to_number  # noqa: F401 - this module's API
 from tasks.errors import ForjaInputError
 from tasks.eval.files import read_text
 from tasks.eval.models import LanguageModel, Progress
-
-_SPACES = " \u00a0\u2009\u202f"  # space, no-break space, thin space, narrow no-break space
-NUMBER = re.compile(
-    rf"(?:(?<![\w])(?P<sign>[-−]))?[$€£¥]?\s?"
-    rf"(?P<num>\d{{1,3}}(?:[{_SPACES}]\d{{3}})+(?:[.,]\d+)?(?!\d)|\d+(?:[.,]\d+)*)"
-)
-ANSWER_PHRASE = re.compile(
-    r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*:|la\s+respuesta\s+(?:final\s+)?es|respuesta\s*:)",
-    re.IGNORECASE,
-)
-
-
-def to_number(raw: str, lang: str = "en") -> float | None:
-    """The value of one number as written (digits and separators only), or None if it is not one."""
-    s = re.sub(f"[{_SPACES}]", "", raw)
-    dots, commas = s.count("."), s.count(",")
-    if dots and commas:
-        decimal = "." if s.rfind(".") > s.rfind(",") else ","
-        if s.count(decimal) > 1:
-            return None
-        s = s.replace("," if decimal == "." else ".", "").replace(decimal, ".")
-    elif dots or commas:
-        sep = "," if commas else "."
-        head, *groups = s.split(sep)
-        if len(groups) > 1:
-            if not all(len(g) == 3 for g in groups):
-                return None  # "1.2.3": a version or a date, not a number
-            s = head + "".join(groups)
-        else:
-            thousands = len(groups[0]) == 3 and head.strip("0") != "" and (sep == "," or lang == "es")
-            s = head + groups[0] if thousands else f"{head}.{groups[0]}"
-    try:
-        return float(s)
-    except ValueError:
-        return None
-
-
-def numbers(text: str, lang: str = "en") -> list[float]:
-    """Every number in text, in order, with its sign."""
-    found = []
-    for m in NUMBER.finditer(text):
-        value = to_number(m["num"], lang)
-        if value is not None:
-            found.append(-value if m["sign"] else value)
-    return found
-
-
-def extract_answer(text: str, lang: str = "en") -> float | None:
-    """The final answer in a completion (see the module's docstring for the order of the rules)."""
-    if "####" in text:
-        after = numbers(text.rsplit("####", 1)[1], lang)
-        if after:
-            return after[0]
-    boxed = re.findall(r"\\boxed\{([^{}]*)\}", text)
-    if boxed and (inside := numbers(boxed[-1], lang)):
-        return inside[0]
-    phrases = list(ANSWER_PHRASE.finditer(text))
-    if phrases and (after := numbers(text[phrases[-1].end() :], lang)):
-        return after[0]
-    every = numbers(text, lang)
-    return every[-1] if every else None
-
-
-def is_correct(predicted: float | None, target: float) -> bool:
-    return predicted is not None and math.isclose(predicted, target, rel_tol=1e-9, abs_tol=1e-6)
 
 
 @dataclass(frozen=True)

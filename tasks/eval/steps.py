@@ -183,6 +183,7 @@ def evaluate(storage: Storage, cfg: EvalConfig, model: Manifest | str) -> Manife
 
 
 def _modules():
+    import models.answers
     import models.load
     import models.model
     from tasks.eval import source
@@ -196,6 +197,7 @@ def _modules():
         backends,
         source,
         files,
+        models.answers,
         models.load,
         models.model,
     )
