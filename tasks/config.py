@@ -312,6 +312,91 @@ class FeedbackConfig(Strict):
     poll_s: float = Field(5.0, gt=0, description="How often the waiting run checks for the answer.")
 
 
+class RewardSection(Strict):
+    name: str = Field(
+        description="answer (exact final answer), format (ends with '#### <number>'), reward_model, "
+        "or 'package.module:function'."
+    )
+    weight: float = Field(1.0, description="The total reward is the weighted sum.")
+    path: str | None = Field(
+        None, description="reward_model: its stage folder (forja-store/reward_model/<key>) or model folder."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the reward's factory, e.g. {lang: es} for answer."
+    )
+
+
+class ToyTaskSection(Strict):
+    count: int = Field(0, ge=0, description="Two-number additions generated (0: none), half per language.")
+    langs: list[Literal["en", "es"]] = Field(default_factory=lambda: ["en", "es"], min_length=1)
+    digits: int = Field(2, ge=1, le=6, description="Digits of each operand.")
+    seed: int = 0
+
+
+class RLConfig(Strict):
+    data: list[str] = Field(
+        default_factory=lambda: ["data/rl"],
+        description="Prompt files or folders: JSONL {prompt|question, answer} (GSM8K as is), "
+        "TSV question<TAB>answer (MGSM), .json lists.",
+    )
+    toy: ToyTaskSection = Field(default_factory=ToyTaskSection, description="Generated addition problems.")
+    on_bad_input: Literal["skip", "fail"] = Field(
+        "skip", description="skip: count and report bad records; fail: stop at the first one."
+    )
+    base: str | None = Field(
+        None,
+        description="Stage folder (sft, dpo or pretrain) whose export is the policy's start and the KL "
+        "reference; none: the recipe's SFT model.",
+    )
+    system: str | None = Field(None, description="System message before every prompt.")
+    prompt_template: dict[str, str] = Field(
+        default_factory=lambda: {"en": "{question}", "es": "{question}"},
+        description="User message per language; {question} is replaced (instructions can go here).",
+    )
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="Prompts held out (by content hash).")
+    max_val_prompts: int = Field(200, ge=1, description="Held-out prompts answered at each evaluation.")
+    rewards: list[RewardSection] = Field(
+        default_factory=lambda: [RewardSection(name="answer"), RewardSection(name="format", weight=0.1)],
+        min_length=1,
+    )
+    group_size: int = Field(8, ge=2, description="Completions sampled per prompt (G).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per step (x G sequences).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions.")
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1, description="Longest completion; longer ones are cut.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip of the probability ratio.")
+    kl_beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference (0: none).")
+    updates_per_batch: int = Field(1, ge=1, description="Optimiser steps on each batch of completions.")
+    steps: int = Field(100, ge=1, description="Batches of prompts (optimiser steps x updates_per_batch).")
+    lora: LoraSection = Field(default_factory=lambda: LoraSection(dropout=0.0))
+    optim: dict[str, Any] = Field(
+        default_factory=lambda: {"lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10, "weight_decay": 0.0},
+        description="models.lightning.OptimConfig fields (AdamW over the adapter, warmup + cosine).",
+    )
+    forward_batch: int = Field(64, ge=1, description="Sequences per forward pass (memory only).")
+    val_every: int = Field(25, ge=1, description="Steps between held-out evaluations.")
+    ckpt_every: int = Field(50, ge=1)
+    seed: int = 1234
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
+    launcher: Literal["lightning", "torchrun"] = "lightning"
+
+    @model_validator(mode="after")
+    def _check(self) -> RLConfig:
+        if missing := sorted(k for k, t in self.prompt_template.items() if "{question}" not in t):
+            raise ValueError(f"rl.prompt_template needs {{question}} in {missing}")
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rl.rewards lists a reward twice: {names}")
+        if any(r.name == "reward_model" and not r.path for r in self.rewards):
+            raise ValueError("rl.rewards: reward_model needs path (its stage folder)")
+        return self
+
+
 EVAL_TASKS = ("bpb", "hellaswag", "gsm8k", "mgsm_en", "mgsm_es", "samples")
 
 SAMPLE_PROMPTS = [
@@ -391,6 +476,7 @@ class ForjaConfig(Strict):
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
