@@ -216,6 +216,56 @@ def test_rerun_with_the_same_inputs_does_no_work(reversal, monkeypatch):
             sft(reversal["storage"], cfg, reversal["base"], reversal["tok"], files)
 
 
+def _train(spec: dict, folder: Path, wait: bool = True):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps({**spec, "out_dir": str(folder)}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "models.sft", str(folder / "spec.json")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    if wait:
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out[-3000:]
+    return proc
+
+
+def test_killed_run_resumes_to_the_same_adapter(reversal, tmp_path):
+    """Checkpoints hold the trainable weights only (the base comes from its export); a run killed with
+    SIGKILL resumes from its newest checkpoint and ends with the adapter of an uninterrupted run."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    spec = json.loads((_paths(reversal)[1] / "spec.json").read_text())
+    spec.update(max_steps=120, micro_batch=8, ckpt_every=10, val_every=60, samples={}, export=False)
+    _train(spec, tmp_path / "whole")
+
+    killed = tmp_path / "killed"
+    proc = _train(spec, killed, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "step000010.ckpt").exists():
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "killed before it finished"
+    ckpt = torch.load(killed / "checkpoints" / "step000010.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"] and all("lora_" in k or "modules_to_save" in k for k in ckpt["state_dict"])
+
+    _train(spec, killed)
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed["val_loss_start"] is None, "resumed from a checkpoint, not from the base"
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_adapter_round_trip_on_both_architectures(tmp_path, one_thread):
     """Save in peft format, load onto a fresh base: same logits; disabled adapter: the base's logits."""
     from models.export import export_hf
