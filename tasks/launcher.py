@@ -21,6 +21,7 @@ from tasks import progress
 from tasks.manifest import StageDir
 from tasks.storage import Storage
 
+LAUNCH_FILE = "launch.json"  # written last: a node that finds it finds spec.json too
 PROGRESS_FILE = "progress.json"  # written by the trainers' ProgressFile callback
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("forja")
@@ -155,6 +156,9 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_path = run_dir / "spec.json"
     spec_path.write_text(json.dumps(spec(run_dir), indent=2))
+    if num_nodes > 1:  # how nodes 1..N-1 of a Kubernetes job start the same training (tasks/node.py)
+        launch = {"module": module, "launcher": launcher, "num_nodes": num_nodes, "devices": devices}
+        (run_dir / LAUNCH_FILE).write_text(json.dumps(launch))
     sync = None
     if not storage.is_local:
         sync = CheckpointSync(storage, out.stage, out.key, run_dir / "checkpoints")

@@ -1,11 +1,11 @@
 """Entry point of every pod of a GPU pool job (infra/k8s/gpu-pool.json): `python -m tasks.node CMD...`.
 
 Node 0 (NODE_RANK=0, or no rank at all) runs CMD: the Prefect worker's flow-run command, so the flow and
-its training launch happen there. Nodes 1..N-1 run no flow: they wait for the training specs the flow
-writes under the run's shared cache folder (`$FORJA_CACHE/<stage>/<key>/spec.json`, a volume every pod
-mounts) and start the same training command with their own NODE_RANK; Lightning's environment variables
-(MASTER_ADDR, MASTER_PORT, NODE_RANK) join them to node 0. A spec for fewer nodes than this rank (e.g. a
-single-node fine-tune) is skipped. A node leaves when the flow run is over.
+its training launch happen there. Nodes 1..N-1 run no flow: they wait for the trainings the flow starts
+in the run's shared cache folder (a volume every pod mounts): for a multi-node training the launcher
+(tasks/launcher.py) writes `$FORJA_CACHE/<stage>/<key>/launch.json` next to its `spec.json`. Each node
+starts the same command as node 0 (`launch_command`), and the environment (MASTER_ADDR, MASTER_PORT,
+NODE_RANK) joins it to node 0. A node leaves when the flow run is over.
 """
 
 from __future__ import annotations
@@ -18,30 +18,33 @@ import sys
 import time
 from pathlib import Path
 
+from tasks.launcher import LAUNCH_FILE, launch_command
+
 log = logging.getLogger("forja.node")
-DEFAULT_ENTRY = "models.train"
 
 
-def pending_specs(cache: Path, rank: int, done: set[Path]) -> list[Path]:
-    """Specs in the cache that this node should join, oldest first."""
+def pending(cache: Path, rank: int, done: set[Path]) -> list[Path]:
+    """Launch files of trainings in the cache that this node should join, oldest first."""
     found = []
-    for path in sorted(cache.glob("*/*/spec.json"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(cache.glob(f"*/*/{LAUNCH_FILE}"), key=lambda p: p.stat().st_mtime):
         if path in done:
             continue
         try:
-            spec = json.loads(path.read_text())
+            launch = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # being written: next poll
-        if int(spec.get("num_nodes", 1)) > rank:
+        if int(launch["num_nodes"]) > rank:
             found.append(path)
         else:
             done.add(path)
     return found
 
 
-def join_command(spec_path: Path) -> list[str]:
-    entry = json.loads(spec_path.read_text()).get("entry", DEFAULT_ENTRY)
-    return [sys.executable, "-m", entry, str(spec_path)]
+def join_command(launch_path: Path) -> list[str]:
+    """Node 0's training command, for this node (its rank comes from NODE_RANK)."""
+    launch = json.loads(launch_path.read_text())
+    spec = launch_path.with_name("spec.json")
+    return launch_command(launch["module"], spec, launch["launcher"], launch["num_nodes"], launch["devices"])
 
 
 def flow_run_over(flow_run_id: str | None) -> bool:
@@ -58,10 +61,10 @@ def follow(cache: Path, rank: int, flow_run_id: str | None, poll_s: float = 5.0)
     """Join every training the flow run starts, until the flow run is over."""
     done: set[Path] = set()
     while True:
-        for spec in pending_specs(cache, rank, done):
-            log.info("node %d joins %s", rank, spec)
-            code = subprocess.call(join_command(spec), cwd=Path(__file__).resolve().parents[1])
-            done.add(spec)
+        for launch in pending(cache, rank, done):
+            log.info("node %d joins %s", rank, launch.parent)
+            code = subprocess.call(join_command(launch), cwd=Path(__file__).resolve().parents[1])
+            done.add(launch)
             if code != 0:
                 return code
         if flow_run_over(flow_run_id):

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 from conftest import REPO
 from prefect.utilities.schema_tools.validation import validate
@@ -145,7 +146,7 @@ def test_slurm_script_is_valid_bash():
 
 
 def test_pod_zero_runs_the_flow_command_and_other_pods_join_training(tmp_path):
-    from tasks.node import join_command, pending_specs
+    from tasks.node import join_command, pending
 
     env = {**os.environ, "NODE_RANK": "0"}
     done = subprocess.run(
@@ -158,14 +159,24 @@ def test_pod_zero_runs_the_flow_command_and_other_pods_join_training(tmp_path):
     )
     assert done.returncode == 0 and done.stdout.strip() == "the flow runs here"
 
-    for stage, nodes in (("pretrain", 2), ("sft", 1)):
+    from tasks.launcher import LAUNCH_FILE
+
+    for stage, nodes, launcher in (("pretrain", 2, "torchrun"), ("sft", 1, "lightning")):
         run = tmp_path / stage / "k"
         run.mkdir(parents=True)
-        (run / "spec.json").write_text(json.dumps({"num_nodes": nodes, "devices": 8}))
+        (run / "spec.json").write_text("{}")
+        launch = {"module": f"models.{stage}", "launcher": launcher, "num_nodes": nodes, "devices": 8}
+        (run / LAUNCH_FILE).write_text(json.dumps(launch))
     (tmp_path / "shards" / "k").mkdir(parents=True)  # a synced input folder, not a run
     seen: set = set()
-    assert pending_specs(tmp_path, 1, seen) == [tmp_path / "pretrain" / "k" / "spec.json"]
-    assert seen == {tmp_path / "sft" / "k" / "spec.json"}  # one node only: nothing to join
-    assert pending_specs(tmp_path, 2, set()) == []
-    cmd = join_command(tmp_path / "pretrain" / "k" / "spec.json")
-    assert cmd[1:] == ["-m", "models.train", str(tmp_path / "pretrain" / "k" / "spec.json")]
+    assert pending(tmp_path, 1, seen) == [tmp_path / "pretrain" / "k" / LAUNCH_FILE]
+    assert seen == {tmp_path / "sft" / "k" / LAUNCH_FILE}  # one node only: nothing to join
+    assert pending(tmp_path, 2, set()) == []
+    env = {"NODE_RANK": "1", "MASTER_ADDR": "job-0.forja-nodes", "MASTER_PORT": "29500"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        cmd = join_command(tmp_path / "pretrain" / "k" / LAUNCH_FILE)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nnodes=2"]
+    assert "--nproc-per-node=8" in cmd and "--node-rank=1" in cmd and "--master-addr=job-0.forja-nodes" in cmd
+    assert cmd[-3:] == ["-m", "models.pretrain", str(tmp_path / "pretrain" / "k" / "spec.json")]
