@@ -5,8 +5,9 @@ index: pair i is chosen example i against rejected example i, both the same prom
 (the mask is 1 on the answer's tokens and its closing `<|end|>`). A batch of B pairs is one tensor of 2B
 rows, the chosen answers first, so the policy sees both answers of a pair in one forward pass.
 
-Sample order and the per-step slice of every rank are SFT's (models.sft_data.ShuffledPasses, StepSampler):
-a resumed run needs only the step.
+Training sample i is pair `permutation(seed, i // n)[i % n]` (a fresh order per pass over the n pairs) and
+step s uses samples [s*B, (s+1)*B) (models.data.StepSampler), as in SFT: one process or N see the same
+pairs per step, and a resumed run needs only the step.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from models.data import StepSampler
 from models.model import IGNORE_INDEX
-from models.sft_data import ExampleSet, ShuffledPasses, write_examples
+from models.sft_data import ExampleSet, write_examples
 
 Row = tuple[np.ndarray, np.ndarray]  # (ids, answer mask)
 
@@ -48,6 +49,25 @@ class PairSet:
 
     def __getitem__(self, i: int) -> tuple[Row, Row]:
         return self.chosen[i], self.rejected[i]
+
+
+class PairPasses(Dataset):
+    """Endless: sample i -> pair of pass i // n, in that pass's own permutation (seeded by (seed, pass))."""
+
+    def __init__(self, pairs: PairSet, seed: int):
+        if len(pairs) == 0:
+            raise ValueError("no training pairs")
+        self.pairs, self.seed = pairs, seed
+        self._pass, self._order = -1, np.arange(0)
+
+    def __len__(self) -> int:
+        return 2**62  # training length is set in steps
+
+    def __getitem__(self, i: int) -> tuple[Row, Row]:
+        n = len(self.pairs)
+        if i // n != self._pass:
+            self._pass, self._order = i // n, np.random.default_rng([self.seed, i // n]).permutation(n)
+        return self.pairs[int(self._order[i % n])]
 
 
 def pair_batch(pairs: Sequence[tuple[Row, Row]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -94,7 +114,7 @@ class PairData(L.LightningDataModule):
             start_step=lambda: trainer.global_step,
         )
         return DataLoader(
-            ShuffledPasses(self.train, self.seed),
+            PairPasses(self.train, self.seed),
             batch_size=self.micro_batch,
             sampler=sampler,
             collate_fn=self._collate,

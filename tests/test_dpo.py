@@ -261,7 +261,7 @@ def uppercase(tmp_path_factory, one_thread):
     }
 
 
-def test_dpo_learns_the_rule_and_the_reference_is_the_base(uppercase):
+def test_dpo_learns_the_rule_and_the_reference_is_the_base(uppercase, record_property):
     from models.chat import ChatTemplate
     from models.pair_data import pair_batch
     from models.policy import load_decoder, load_policy
@@ -270,6 +270,7 @@ def test_dpo_learns_the_rule_and_the_reference_is_the_base(uppercase):
 
     m, storage = uppercase["dpo"], uppercase["storage"]
     s = m.stats
+    record_property("dpo_val_accuracy", s["val_accuracy"])
     assert s["val_accuracy"] >= 0.9 and s["val_margin"] > 0, s
     assert s["val_loss"] < s["val_loss_start"] and math.isclose(
         s["val_loss_start"], math.log(2), rel_tol=1e-4
@@ -306,13 +307,15 @@ def test_dpo_learns_the_rule_and_the_reference_is_the_base(uppercase):
     reference = sequence_logps(reference_logits, y)
     n = len(uppercase["heldout"])
     margins = (tuned[:n] - reference[:n]) - (tuned[n:] - reference[n:])
+    record_property("dpo_heldout_words_accuracy", (margins > 0).float().mean().item())
     assert (margins > 0).float().mean().item() >= 0.9
 
 
-def test_reward_model_accuracy_in_manifest_and_load_reward_model(uppercase):
+def test_reward_model_accuracy_in_manifest_and_load_reward_model(uppercase, record_property):
     from models.reward import load_reward_model
 
     m, storage = uppercase["rm"], uppercase["storage"]
+    record_property("reward_model_val_accuracy", m.stats["val_accuracy"])
     assert m.stats["val_accuracy"] >= 0.8, m.stats
     assert {"reward_mean", "reward_std"} <= set(m.stats)
     assert m.inputs["pretrain"].key == uppercase["base"].key
@@ -322,6 +325,7 @@ def test_reward_model_accuracy_in_manifest_and_load_reward_model(uppercase):
     pairs = [(_prompt(i, w), a) for i, w in enumerate(heldout) for a in (w.upper(), w)]
     scores = rm(pairs)
     wins = [c > r for c, r in zip(scores[0::2], scores[1::2], strict=True)]
+    record_property("reward_model_heldout_words_accuracy", sum(wins) / len(wins))
     assert sum(wins) / len(wins) >= 0.8
     # a conversation works as a prompt; one longer than the context keeps its end
     conversation = [{"role": "user", "content": "Hola"}, {"role": "assistant", "content": "¡Hola!"}]

@@ -227,3 +227,24 @@ def test_prompt_files_bad_input(tmp_path):
     bad.write_text('{"prompt": "   "}\n{"text": "x"}\nnot json\n', encoding="utf-8")
     with pytest.raises(ForjaInputError, match=r"bad.jsonl \(line 1\): empty prompt.*Fix:"):
         read_prompts([str(bad)])
+
+
+def test_command_needs_a_server_people_can_answer_in(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    bad = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "feedback", "--storage", str(tmp_path / "store")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "PREFECT_API_URL" in bad.stderr and "prefect server start" in bad.stderr
