@@ -193,11 +193,37 @@ def test_paused_run_answered_through_the_api_stores_pairs(policy_stage, prefect_
     assert (again["asked"], again["answered"], again["total"], again["pairs"]) == (1, 1, 4, 3)
 
 
-def test_pair_log_appends_whole_batches(tmp_path):
-    """Two sessions on one collection: every batch lands, none is half-written or lost."""
+@pytest.fixture
+def s3_root(monkeypatch):
+    """A bucket on a real S3-speaking server (moto) on 127.0.0.1."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }.items():
+        monkeypatch.setenv(k, v)
+    storage = Storage("s3://forja-feedback/root")
+    storage.fs.mkdir("forja-feedback")
+    yield storage.root
+    server.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_pair_log_appends_whole_batches(where, tmp_path, request):
+    """Two sessions on one collection: every batch lands, none is half-written or lost (disk and S3)."""
     from tasks.feedback import PairLog
 
-    storage = Storage(str(tmp_path))
+    storage = Storage(str(tmp_path) if where == "local" else request.getfixturevalue("s3_root"))
     logs = [PairLog(storage, "shared") for _ in range(2)]
 
     def session(log: PairLog, who: str):
