@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from models.model import IGNORE_INDEX
 from models.posttrain import PolicyModule, PostTrainSpec, run, seed_everything
 from models.sft_data import ChatData
 
@@ -26,8 +28,14 @@ class SFTSpec(PostTrainSpec):
 class LitSFT(PolicyModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
-        _, loss = self.policy(x, y)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        logits, _ = self.policy(x)
+        total = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        # Every target token of the step weighs the same, whichever micro-batch or rank holds it: divide
+        # by the step's token count; Lightning divides by the accumulation steps and DDP averages over ranks.
+        trainer = self.trainer
+        scale = trainer.world_size * trainer.accumulate_grad_batches
+        loss = total * scale / max(1, trainer.datamodule.step_targets(self.global_step))
+        self.log("train/loss", total / (y != IGNORE_INDEX).sum().clamp(min=1), prog_bar=True, on_step=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -37,7 +45,7 @@ class LitSFT(PolicyModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits, _ = self.policy(x)
-        keep = y != -100
+        keep = y != IGNORE_INDEX
         loss = torch.nn.functional.cross_entropy(logits[keep], y[keep], reduction="sum")
         correct = (logits[keep].argmax(-1) == y[keep]).sum()
         self._val += torch.stack([loss.double(), keep.sum().double(), correct.double()])

@@ -12,6 +12,7 @@ examples per step, and a resumed run needs only the step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,12 @@ def pad_batch(
     return x, y
 
 
+@functools.lru_cache(maxsize=4)
+def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
+    """The order of the n examples in one pass over the data."""
+    return np.random.default_rng([seed, pass_index]).permutation(n)
+
+
 class ShuffledPasses(Dataset):
     """Sample i -> example of pass i // n, in that pass's own permutation (seeded by (seed, pass))."""
 
@@ -81,17 +88,19 @@ class ShuffledPasses(Dataset):
         if len(examples) == 0:
             raise ValueError("no training examples")
         self.examples, self.seed = examples, seed
-        self._pass, self._order = -1, np.arange(0)
+        counted = np.concatenate([[0], np.cumsum(examples.mask, dtype=np.int64)])
+        starts, ends = examples.offsets[:-1], examples.offsets[1:]
+        self.targets = counted[ends] - counted[starts + 1]  # answer tokens that are targets (not the first)
 
     def __len__(self) -> int:
         return 2**62  # endless: training length is set in steps
 
-    def __getitem__(self, i: int):
+    def example(self, i: int) -> int:
         n = len(self.examples)
-        if i // n != self._pass:
-            self._pass = i // n
-            self._order = np.random.default_rng([self.seed, self._pass]).permutation(n)
-        return self.examples[int(self._order[i % n])]
+        return int(pass_order(self.seed, i // n, n)[i % n])
+
+    def __getitem__(self, i: int):
+        return self.examples[self.example(i)]
 
 
 class ChatData(L.LightningDataModule):
@@ -101,12 +110,20 @@ class ChatData(L.LightningDataModule):
         self.pad_id, self.seed = pad_id, seed
 
     def setup(self, stage: str | None = None) -> None:
-        self.train = ExampleSet.open(self.folder / "train.npz")
+        self.train = ShuffledPasses(ExampleSet.open(self.folder / "train.npz"), self.seed)
         val = self.folder / "val.npz"
         self.val = ExampleSet.open(val) if val.exists() else None
 
     def _collate(self, rows):
         return pad_batch(rows, self.pad_id)
+
+    def step_targets(self, step: int) -> int:
+        """Target tokens in the whole batch of optimizer step `step`, over every micro-batch and rank: the
+        loss divides by this, so a step's gradient is the same on one process or N, with any accumulation."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        size = self.micro_batch * self.accumulate * world
+        samples = range(step * size, (step + 1) * size)
+        return int(sum(self.train.targets[self.train.example(i)] for i in samples))
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -118,7 +135,7 @@ class ChatData(L.LightningDataModule):
             start_step=lambda: trainer.global_step,
         )
         return DataLoader(
-            ShuffledPasses(self.train, self.seed),
+            self.train,
             batch_size=self.micro_batch,
             sampler=sampler,
             collate_fn=self._collate,

@@ -216,12 +216,13 @@ def test_rerun_with_the_same_inputs_does_no_work(reversal, monkeypatch):
             sft(reversal["storage"], cfg, reversal["base"], reversal["tok"], files)
 
 
-def _train(spec: dict, folder: Path, wait: bool = True):
+def _train(spec: dict, folder: Path, wait: bool = True, env: dict | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps({**spec, "out_dir": str(folder)}))
     proc = subprocess.Popen(
         [sys.executable, "-m", "models.sft", str(folder / "spec.json")],
         cwd=REPO,
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -233,6 +234,7 @@ def _train(spec: dict, folder: Path, wait: bool = True):
     return proc
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_adapter(reversal, tmp_path):
     """Checkpoints hold the trainable weights only (the base comes from its export); a run killed with
     SIGKILL resumes from its newest checkpoint and ends with the adapter of an uninterrupted run."""
@@ -264,6 +266,34 @@ def test_killed_run_resumes_to_the_same_adapter(reversal, tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_match_one_process(reversal, tmp_path):
+    """Each rank pads its own rows, yet the loss is weighted by the whole step's answer tokens: two
+    processes (micro-batch 4 each) end with the adapter of one process (micro-batch 8)."""
+    import socket
+
+    from safetensors.torch import load_file
+
+    spec = json.loads((_paths(reversal)[1] / "spec.json").read_text())
+    spec.update(max_steps=20, micro_batch=8, ckpt_every=20, val_every=20, samples={}, export=False)
+    _train(spec, tmp_path / "single")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    nodes = tmp_path / "nodes"
+    procs = []
+    for rank in (0, 1):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank), "LOCAL_RANK": "0"}
+        procs.append(_train({**spec, "micro_batch": 4, "num_nodes": 2, "strategy": "ddp"}, nodes, False, env))
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert json.loads((nodes / "metrics.json").read_text())["world_size"] == 2
+    a = load_file(tmp_path / "single" / "adapter" / "adapter_model.safetensors")
+    b = load_file(nodes / "adapter" / "adapter_model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=name)
 
 
 def test_adapter_round_trip_on_both_architectures(tmp_path, one_thread):
