@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 @dataclass(frozen=True)
@@ -109,47 +108,6 @@ class StepSampler(Sampler[int]):
                 base = step * global_batch + (a * self.world + self.rank) * self.micro
                 yield from range(base, base + self.micro)
             step += 1
-
-
-class TokenData(L.LightningDataModule):
-    def __init__(
-        self,
-        folder: str,
-        context: int,
-        micro_batch: int,
-        accumulate: int,
-        seed: int = 0,
-        val_windows: int = 200,
-        num_workers: int = 0,
-    ):
-        super().__init__()
-        self.folder, self.context, self.seed = folder, context, seed
-        self.micro_batch, self.accumulate, self.val_windows = micro_batch, accumulate, val_windows
-        self.num_workers = num_workers
-
-    def setup(self, stage: str | None = None) -> None:
-        self.train = RandomWindows(ShardSet.open(self.folder, "train"), self.context, self.seed)
-        self.val = FixedWindows(ShardSet.open(self.folder, "val"), self.context, self.val_windows)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = StepSampler(
-            self.micro_batch,
-            self.accumulate,
-            trainer.global_rank,
-            trainer.world_size,
-            start_step=lambda: trainer.global_step,
-        )
-        return DataLoader(
-            self.train,
-            batch_size=self.micro_batch,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=False,
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val, batch_size=self.micro_batch, shuffle=False)
 
 
 def bytes_per_token(folder: str | Path, split: str = "val") -> float:

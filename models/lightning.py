@@ -1,4 +1,5 @@
-"""The decoder as a LightningModule: AdamW with decay groups, warmup + cosine, bits per byte, samples."""
+"""The decoder as a LightningModule (AdamW with decay groups, warmup + cosine, bits per byte, samples) and
+the token shards as a LightningDataModule."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
+from models.data import FixedWindows, RandomWindows, ShardSet, StepSampler
 from models.model import Decoder, ModelConfig
 
 
@@ -165,3 +168,44 @@ class Throughput(L.Callback):
             pl_module.log(
                 "perf/mfu", tps * self.flops_per_token / self.peak_flops, on_step=True, on_epoch=False
             )
+
+
+class TokenData(L.LightningDataModule):
+    def __init__(
+        self,
+        folder: str,
+        context: int,
+        micro_batch: int,
+        accumulate: int,
+        seed: int = 0,
+        val_windows: int = 200,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.folder, self.context, self.seed = folder, context, seed
+        self.micro_batch, self.accumulate, self.val_windows = micro_batch, accumulate, val_windows
+        self.num_workers = num_workers
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train = RandomWindows(ShardSet.open(self.folder, "train"), self.context, self.seed)
+        self.val = FixedWindows(ShardSet.open(self.folder, "val"), self.context, self.val_windows)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = StepSampler(
+            self.micro_batch,
+            self.accumulate,
+            trainer.global_rank,
+            trainer.world_size,
+            start_step=lambda: trainer.global_step,
+        )
+        return DataLoader(
+            self.train,
+            batch_size=self.micro_batch,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=self.micro_batch, shuffle=False)

@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from models.data import TokenData, bytes_per_token
-from models.lightning import LitDecoder, Throughput
+from models.data import bytes_per_token
+from models.lightning import LitDecoder, Throughput, TokenData
 
 
 @dataclass
