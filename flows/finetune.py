@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.config import SFTConfig
+from tasks.errors import ForjaInputError
 from tasks.manifest import Manifest
 from tasks.sft import manifest_at
 from tasks.sft_steps import sft_task
@@ -23,6 +24,6 @@ def sft_flow(
     config = config or SFTConfig()
     if base is None:
         if not config.base:
-            raise ValueError("sft_flow needs a base manifest or config.base (a stage folder)")
+            raise ForjaInputError("no model to fine-tune: pass a base manifest or set sft.base")
         base = manifest_at(config.base)
     return sft_task(Storage(storage), config, base, None, inputs)
