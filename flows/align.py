@@ -7,6 +7,7 @@ from prefect import flow
 from tasks.align import base_manifest
 from tasks.align_steps import dpo_task, reward_model_task
 from tasks.config import DPOConfig, RewardModelConfig
+from tasks.errors import ForjaInputError
 from tasks.manifest import Manifest
 from tasks.storage import Storage
 
@@ -25,7 +26,7 @@ def dpo_flow(
     config, reward = config or DPOConfig(), reward or RewardModelConfig()
     if base is None:
         if not config.base:
-            raise ValueError("dpo_flow needs a base manifest or config.base (a stage folder)")
+            raise ForjaInputError("no model to tune: pass a base manifest or set dpo.base (a stage folder)")
         base = base_manifest(config.base)
     root = Storage(storage)
     results = {"dpo": dpo_task(root, config, base, None, inputs)}

@@ -15,6 +15,7 @@ from prefect.flow_runs import pause_flow_run
 
 from tasks.align import base_manifest
 from tasks.config import FeedbackConfig
+from tasks.errors import ForjaInputError
 from tasks.feedback import PairLog, choice_record, pending_questions, question_form, read_candidates
 from tasks.feedback_steps import candidates_task, publish_session
 from tasks.manifest import Manifest
@@ -42,7 +43,7 @@ def feedback_flow(
     config = config or FeedbackConfig()
     if model is None:
         if not config.model:
-            raise ValueError("feedback_flow needs a model manifest or config.model (a stage folder)")
+            raise ForjaInputError("no model to ask: pass a model manifest or set feedback.model")
         model = base_manifest(config.model, "feedback.model")
     root = Storage(storage)
     cands = candidates_task(root, config, model, prompts)
