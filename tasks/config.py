@@ -335,7 +335,7 @@ class ToyTaskSection(Strict):
 
 class RLConfig(Strict):
     data: list[str] = Field(
-        default_factory=lambda: ["data/rl"],
+        default_factory=lambda: ["data/rl/gsm8k"],
         description="Prompt files or folders: JSONL {prompt|question, answer} (GSM8K as is), "
         "TSV question<TAB>answer (MGSM), .json lists.",
     )

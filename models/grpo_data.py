@@ -1,0 +1,102 @@
+"""Prompts for RL on disk and as batches.
+
+A prompt file (`train.jsonl`, `val.jsonl`) holds one record per line: `{"prompt": the user's text, "ids":
+the chat-template ids that ask for the assistant's turn, "reference": the reference answer or null}`. The
+stage that writes them has checked that every prompt leaves room for the completion in the context.
+
+Training batch `b` is prompts `[b*P, (b+1)*P)` of an endless sequence of shuffled passes (a fresh
+permutation per pass, seeded), so a resumed run needs only the batch number; validation walks the held-out
+prompts in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from models.data import StepSampler
+
+Record = dict  # {"prompt": str, "ids": list[int], "reference": str | None}
+
+
+def write_prompts(path: str | Path, records: Sequence[Record]) -> dict:
+    """Write prompt records as JSONL; returns their count and prompt token statistics."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    lengths = [len(r["ids"]) for r in records]
+    return {"prompts": len(records), "max_prompt_tokens": max(lengths, default=0)}
+
+
+def read_prompts(path: str | Path) -> list[Record]:
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _as_list(rows: list[Record]) -> list[Record]:
+    return rows
+
+
+class PromptPasses(Dataset):
+    """Prompt i -> record of pass i // n, in that pass's own permutation (seeded by (seed, pass))."""
+
+    def __init__(self, records: list[Record], seed: int):
+        if not records:
+            raise ValueError("no training prompts")
+        self.records, self.seed = records, seed
+        self._pass, self._order = -1, np.arange(0)
+
+    def __len__(self) -> int:
+        return 2**62  # endless: training length is set in steps
+
+    def __getitem__(self, i: int) -> Record:
+        n = len(self.records)
+        if i // n != self._pass:
+            self._pass = i // n
+            self._order = np.random.default_rng([self.seed, self._pass]).permutation(n)
+        return self.records[int(self._order[i % n])]
+
+
+class PromptData(L.LightningDataModule):
+    def __init__(
+        self,
+        folder: str | Path,
+        prompts_per_step: int,
+        seed: int = 0,
+        val_batch: int = 64,
+        batch_of_step: Callable[[int], int] = lambda step: step,
+    ):
+        super().__init__()
+        self.folder, self.prompts_per_step, self.seed = Path(folder), prompts_per_step, seed
+        self.val_batch, self.batch_of_step = val_batch, batch_of_step
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train = read_prompts(self.folder / "train.jsonl")
+        val = self.folder / "val.jsonl"
+        self.val = read_prompts(val) if val.exists() else []
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = StepSampler(
+            self.prompts_per_step,
+            1,
+            trainer.global_rank,
+            trainer.world_size,
+            start_step=lambda: self.batch_of_step(trainer.global_step),
+        )
+        return DataLoader(
+            PromptPasses(self.train, self.seed),
+            batch_size=self.prompts_per_step,
+            sampler=sampler,
+            collate_fn=_as_list,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=self.val_batch, shuffle=False, collate_fn=_as_list)
