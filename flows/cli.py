@@ -390,6 +390,48 @@ def feedback(
     _run(body)
 
 
+@app.command()
+def rl(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    input_: InputOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """RL with verifiable rewards (GRPO) on prompts with answers (--input: prompt files and folders).
+
+    The base is `rl.base` (an sft, dpo or pretrain stage folder) or the recipe's SFT model; rewards are
+    `rl.rewards` (answer, format, reward_model, or your own function).
+    """
+
+    def body():
+        from flows.rl import rl_flow
+
+        cfg = _load(config, set_, storage)
+        with StageProgress(total=1 if cfg.rl.base else 11):
+            base = _tuned_model(cfg, cfg.rl.base, "rl.base")
+            m = rl_flow(cfg.rl, cfg.storage, base, list(input_) if input_ else None)
+        s, data = m.stats, m.stats["data"]
+        skipped = sum(data["skipped"].values())
+        held_out = "no held-out prompts (rl.val_fraction=0)"
+        if s.get("val_reward") is not None:
+            held_out = f"held-out reward {s['val_reward_start']:.3f} -> {s['val_reward']:.3f}"
+            if s.get("val_accuracy") is not None:
+                held_out += f", accuracy {s['val_accuracy_start']:.3f} -> {s['val_accuracy']:.3f}"
+        _finish(
+            m,
+            as_json,
+            [
+                f"[bold green]rl[/bold green]: {held_out} after {s['steps']} steps; "
+                f"{data['train']['prompts']:,} prompts ({skipped} skipped: {m.url}/data/skipped.json)",
+                f"curves {s['curves']}; adapter (peft): {s['adapter']}; "
+                f"merged transformers export: {s['export']}",
+            ],
+        )
+
+    _run(body)
+
+
 LimitOpt = Annotated[
     int | None, typer.Option("--limit", help="At most N items per benchmark (a quick run); eval.limit.")
 ]
