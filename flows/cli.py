@@ -331,10 +331,13 @@ def dpo(
         for m in results.values():
             s, data = m.stats, m.stats["data"]
             skipped = sum(data["skipped"].values())
+            held_out = "no held-out pairs (dpo.val_fraction=0)"
+            if s.get("val_accuracy") is not None:
+                held_out = f"held-out accuracy {s['val_accuracy']:.3f}, reward margin {s['val_margin']:.3f}"
             console.print(
-                f"[bold green]{m.stage}[/bold green]: held-out preference accuracy {s['val_accuracy']:.3f}, "
-                f"reward margin {s['val_margin']:.3f} after {s['steps']} steps; {data['train']['pairs']:,} "
-                f"pairs ({skipped} skipped: {m.url}/data/skipped.json); curves {s['curves']}"
+                f"[bold green]{m.stage}[/bold green]: {held_out} after {s['steps']} steps; "
+                f"{data['train']['pairs']:,} pairs ({skipped} skipped: {m.url}/data/skipped.json); "
+                f"curves {s['curves']}"
             )
             console.print(f"  [bold]manifest:[/bold] {m.url}/manifest.json")
         if "reward_model" in results:
@@ -362,9 +365,11 @@ def feedback(
     def body():
         import json
 
+        from prefect.settings import PREFECT_API_URL
+
         from tasks.errors import ForjaInputError
 
-        if not os.environ.get("PREFECT_API_URL"):
+        if not PREFECT_API_URL.value():  # a temporary server has no UI anyone could answer in
             raise ForjaInputError(
                 "forja feedback waits for answers in the Prefect UI: start a server (prefect server start) "
                 "and export PREFECT_API_URL=http://127.0.0.1:4200/api"
