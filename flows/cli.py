@@ -19,6 +19,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "forja")  # stage logs reach the Prefect UI
 os.environ.setdefault("FORJA_PROGRESS", "0")  # training reports through the command's own progress bar
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tasks/launcher.py: torch is not imported yet
+# Prefect creates its home folder without parents and then waits for its server until the timeout
+if home := os.environ.get("PREFECT_HOME"):
+    Path(home).expanduser().mkdir(parents=True, exist_ok=True)
 if os.environ.get("FORJA_VERBOSE") != "1":
     os.environ.setdefault("TQDM_DISABLE", "1")  # datatrove's inner bars; the command draws its own
 
@@ -198,10 +202,10 @@ def _pipeline(config, set_, storage, input_, as_json, until: str | None) -> None
         cfg = _load(config, set_, storage)
         if input_:
             cfg.corpus.collect.inputs = list(input_)
-        stages = {"tokenizer": 8, "pretrain": 9, None: 9}  # stages + the report card
+        stages = {"tokenizer": 8, "pretrain": 9, None: 15}  # stages + the report card
         with StageProgress(total=stages[until]):
             results = pipeline(cfg, until=until)
-        last = "shards" if until == "tokenizer" else "pretrain"
+        last = {"tokenizer": "shards", "pretrain": "pretrain", None: "report"}[until]
         _finish(results[last], as_json, _pipeline_summary(results))
 
     _run(body)
@@ -538,9 +542,27 @@ def _pipeline_summary(results: dict) -> list[str]:
             f"[bold green]pretrain[/bold green]: val loss {s['val_loss']:.3f} after {s['steps']} steps; "
             f"loss curve {pre.url}/loss.png; transformers export {s['export']}"
         )
+    for name in ("eval", "sft", "dpo", "reward_model", "rl", "final_eval"):
+        if m := results.get(name):
+            lines.append(f"[bold green]{name}[/bold green]: {_headline(m.stats)}; {m.url}")
     if report := results.get("report"):
         lines.append(f"[bold green]report card[/bold green]: {report.stats['report']}")
     return lines
+
+
+def _headline(stats: dict) -> str:
+    """The numbers a post-training or eval stage is judged by, as far as its stats have them."""
+    if "results" in stats:  # eval
+        from tasks.eval.steps import headline
+
+        return ", ".join(f"{task} {headline(task, r)}" for task, r in stats["results"].items())
+    shown = []
+    for name in ("val_loss", "val_accuracy", "val_margin", "val_reward"):
+        if stats.get(name) is not None:
+            start = stats.get(f"{name}_start")
+            before = f"{start:.3f} -> " if isinstance(start, int | float) else ""
+            shown.append(f"{name.removeprefix('val_')} {before}{stats[name]:.3f}")
+    return ", ".join(shown) or "done"
 
 
 def main() -> None:

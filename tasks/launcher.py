@@ -112,7 +112,9 @@ def run_watched(
     every_s: float = 5.0,
 ) -> int:
     """Run the training command; report its progress (step, loss) while it runs and call `on_tick`."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # OpenMP threads that sleep instead of spinning while they wait: on a machine whose cores other
+    # programs also use, spinning threads slowed small models' steps 20x (2.8 s against 0.13 s)
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONUNBUFFERED": "1"}
     # the trainer's stdout goes to stderr: our own stdout may carry the stage's JSON manifest
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=sys.stderr)
     last_step = -1

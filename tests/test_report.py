@@ -1,5 +1,6 @@
 """The report card: generic over stages (synthetic manifests), and from real pipeline runs, together with
-caching across stages: an unchanged rerun does no work, a tokenizer change reruns it and what follows."""
+caching across stages: an unchanged rerun of the whole pipeline does no work, a fine-tuning change reruns
+that stage and what follows it, nothing before."""
 
 from __future__ import annotations
 
@@ -86,7 +87,29 @@ def _cfg(storage, corpus_cfg, *sets):
         "pretrain.ckpt_every=10",
         "pretrain.model={arch: llama, n_layer: 2, n_head: 4, n_kv_head: 2, d_model: 64, context: 64}",
     ]
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [*small, *sets])
+    # post-training and evaluation as short as they go: this checks the wiring, not what they learn
+    short = [
+        "eval.limit=4",
+        "eval.max_new_tokens=8",
+        "sft.max_steps=6",
+        "sft.val_every=3",
+        "sft.ckpt_every=3",
+        "dpo.max_steps=4",
+        "dpo.val_every=2",
+        "dpo.ckpt_every=2",
+        "reward_model.max_steps=4",
+        "reward_model.val_every=2",
+        "reward_model.ckpt_every=2",
+        "rl.steps=2",
+        "rl.val_every=1",
+        "rl.ckpt_every=1",
+        "rl.group_size=2",
+        "rl.prompts_per_step=2",
+        "rl.max_new_tokens=8",
+        "rl.max_val_prompts=4",
+        "rl.toy.count=50",
+    ]
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [*small, *short, *sets])
     return cfg.model_copy(update={"storage": storage.root, "corpus": corpus_cfg})
 
 
@@ -106,18 +129,24 @@ def test_caching_across_stages_and_the_report_card(sample_corpus, corpus_cfg):
     cfg = _cfg(storage, corpus_cfg)
     first = pipeline(cfg)
 
+    after_pretrain = ("eval", "sft", "dpo", "reward_model", "rl", "final_eval")
+    assert set(after_pretrain) <= set(first), "the whole pipeline ran"
+    assert first["sft"].inputs["pretrain"].key == first["pretrain"].key
+    assert first["rl"].inputs["dpo"].key == first["dpo"].key
+
     started = datetime.now(UTC)
     again = pipeline(cfg)
     assert {k: m.key for k, m in again.items()} == {k: m.key for k, m in first.items()}
     summary = json.loads(storage.read_text("report", again["report"].key, "report.json"))
-    assert len(summary["stages"]) == 8 and _built_since(summary, started) == set(), "no work"
+    assert len(summary["stages"]) == 14 and _built_since(summary, started) == set(), "no work"
 
     started = datetime.now(UTC)
-    changed = pipeline(_cfg(storage, corpus_cfg, "tokenizer.vocab_size=2048"))
+    changed = pipeline(_cfg(storage, corpus_cfg, "sft.lora.r=4"))
     summary = json.loads(storage.read_text("report", changed["report"].key, "report.json"))
-    assert _built_since(summary, started) == {"tokenizer", "shards", "pretrain"}
-    assert changed["corpus"].key == first["corpus"].key
-    for stage in ("tokenizer", "shards", "pretrain", "report"):
+    assert _built_since(summary, started) == {"sft", "dpo", "reward_model", "rl", "eval"}
+    for stage in ("corpus", "tokenizer", "shards", "pretrain", "eval"):
+        assert changed[stage].key == first[stage].key, stage
+    for stage in ("sft", "dpo", "reward_model", "rl", "final_eval", "report"):
         assert changed[stage].key != first[stage].key, stage
     assert latest_report(storage) == changed["report"].stats["report"]
 
@@ -130,7 +159,7 @@ def test_caching_across_stages_and_the_report_card(sample_corpus, corpus_cfg):
     assert f"**{corpus.stats['documents']:,} documents**" in text
     funnel = corpus.stats["funnel"]
     assert f"| dedup | {funnel[2]['documents_in']:,} | {funnel[2]['documents_out']:,} |" in text
-    assert "bpe 2,048 pieces" in text
+    assert "bpe 4,096 pieces" in text
     en = tok.stats["heldout"]["en"]
     assert f"| en | {en['documents']} | {report.cell(en['bytes_per_token'])} |" in text
     assert f"| pretrain | `{pre.key[:8]}` | val_loss | {report.cell(pre.stats['val_loss'])} |" in text
