@@ -183,7 +183,7 @@ class LitGRPO(PolicyModule):
         r.stats = {
             "reward": rewards.mean().item(),
             "reward_std": grouped.std(dim=1, unbiased=False).mean().item(),
-            "solved_groups": (grouped.std(dim=1, unbiased=False) == 0).float().mean().item(),
+            "uniform_groups": (grouped.std(dim=1, unbiased=False) == 0).float().mean().item(),
             "completion_tokens": (mask.sum() / mask.size(0)).item(),
             "rollout_s": time.perf_counter() - started,
             "tokens_per_s": float(mask.sum().item()) / max(time.perf_counter() - started, 1e-9),
@@ -358,7 +358,10 @@ def train(spec: GRPOSpec) -> dict:
     if has_val and resume is None:
         start = trainer.validate(module, datamodule=data, verbose=False)[0]
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    with warnings.catch_warnings():
+        # checkpoints hold the weights after each step's updates: what resuming at the next step needs
+        warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     final = trainer.validate(module, datamodule=data, verbose=False)[0] if has_val else {}
     _leave_process_group()
@@ -380,8 +383,6 @@ def main(argv: list[str] | None = None) -> None:
     from models.train import _quiet
 
     _quiet()
-    # checkpoints hold the weights after each step's updates, which is what resuming at the next step needs
-    warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec", help="GRPO spec (JSON)")
     args = parser.parse_args(argv)
