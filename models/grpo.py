@@ -370,6 +370,10 @@ def train(spec: GRPOSpec) -> dict:
     metrics = write_outputs(spec, module, start, final, trainer.world_size, seconds)
     out = Path(spec.out_dir)
     history = read_history(out / "logs" / "metrics.csv")
+    if not start:  # a resumed run: the evaluation before training is the first one logged
+        start = next(
+            ({k: v for k, v in r.items() if k.startswith("val/")} for r in history if "val/reward" in r), {}
+        )
     metrics.update({f"{k.replace('/', '_')}_start": v for k, v in start.items()})
     metrics["optimizer_steps"] = spec.max_steps * mu
     rates = sorted(r["train/tokens_per_s"] for r in history if r.get("train/tokens_per_s"))
