@@ -20,7 +20,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("spec", help="GRPO spec (JSON)")
     args = parser.parse_args(argv)
     spec = GRPOSpec.load(args.spec)
-    metrics = train(replace(spec))
+    metrics = train(spec)
     if metrics:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
 
