@@ -555,7 +555,8 @@ def _headline(stats: dict) -> str:
     if "results" in stats:  # eval
         from tasks.eval.steps import headline
 
-        return ", ".join(f"{task} {headline(task, r)}" for task, r in stats["results"].items())
+        shown = [(task, headline(task, r)) for task, r in stats["results"].items()]
+        return ", ".join(h if h.startswith(task) else f"{task} {h}" for task, h in shown)
     shown = []
     for name in ("val_loss", "val_accuracy", "val_margin", "val_reward"):
         if stats.get(name) is not None:
