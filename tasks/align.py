@@ -23,39 +23,17 @@ from tasks.config import DPOConfig, PairDataSection, PreferenceTraining, RewardM
 from tasks.errors import ForjaInputError
 from tasks.launcher import cache_root, local_copy, run_training
 from tasks.manifest import MANIFEST, Manifest, StageDir, code_version, run_stage
-from tasks.sft import context_of, data_digests, storage_of, tokenizer_of
+from tasks.sft import FRAME_MODULES, TRAINER_FIELDS, context_of, data_digests, storage_of, tokenizer_of
 from tasks.storage import Storage, open_url
 
 COMMON_MODULES = (
-    "models.posttrain",
     "models.pair_data",
     "models.preference_loss",
     "models.curves",
     "models.sft_data",
-    "models.chat",
-    "models.lora",
-    "models.policy",
-    "models.load",
-    "models.export",
-    "models.model",
-    "models.data",
-    "models.lightning",
-    "models.train",
+    *FRAME_MODULES,
 )
 PAIR_FIELDS = set(PairDataSection.model_fields) - {"data"}
-TRAINER_FIELDS = {
-    "micro_batch",
-    "accumulate",
-    "max_steps",
-    "val_every",
-    "ckpt_every",
-    "seed",
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-}
 
 
 def base_manifest(url: str, setting: str = "dpo.base") -> Manifest:

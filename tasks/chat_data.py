@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from tasks.errors import ForjaInputError
-from tasks.storage import storage_options
+from tasks.storage import input_files, storage_options
 
 EXTENSIONS = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 SHAREGPT_ROLES = {
@@ -85,25 +85,8 @@ class BadRecord(ValueError):
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files behind the inputs: files as given, folders and prefixes searched for chat files, sorted."""
-    from fsspec.core import url_to_fs
-
-    files: list[str] = []
-    for item in inputs:
-        fs, path = url_to_fs(item, **storage_options(item))
-        protocol = "" if "://" not in item else item.split("://", 1)[0] + "://"
-        if not fs.exists(path):
-            raise ForjaInputError(f"{item} does not exist; pass chat files or folders with --input")
-        if fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if p.endswith(EXTENSIONS))
-            if not found:
-                raise ForjaInputError(f"{item}: no {', '.join(EXTENSIONS)} files in this folder")
-            files += [protocol + p for p in found]
-        elif item.endswith(EXTENSIONS):
-            files.append(item)
-        else:
-            raise ForjaInputError(f"{item}: unsupported file type; chat data is {', '.join(EXTENSIONS)}")
-    return files
+    """Chat files behind the inputs (files, folders, prefixes), sorted."""
+    return input_files(inputs, EXTENSIONS, "chat data")
 
 
 def _text(value, what: str) -> str:

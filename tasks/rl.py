@@ -22,7 +22,7 @@ from tasks.config import RLConfig
 from tasks.errors import ForjaInputError
 from tasks.launcher import cache_root, local_copy, run_training
 from tasks.manifest import MANIFEST, Manifest, StageDir, code_version, run_stage
-from tasks.sft import context_of, data_digests, storage_of, tokenizer_of
+from tasks.sft import FRAME_MODULES, context_of, data_digests, storage_of, tokenizer_of
 from tasks.storage import Storage, open_url, storage_options
 
 STAGE = "rl"
@@ -33,16 +33,7 @@ MODEL_MODULES = (
     "models.grpo_loss",
     "models.rewards",
     "models.answers",
-    "models.posttrain",
-    "models.chat",
-    "models.lora",
-    "models.policy",
-    "models.load",
-    "models.export",
-    "models.model",
-    "models.data",
-    "models.lightning",
-    "models.train",
+    *FRAME_MODULES,
 )
 TRAINER_FIELDS = {
     "group_size",

@@ -32,7 +32,7 @@ from models.chat import marker_in
 from models.rewards import language_of
 from tasks.chat_data import Skip
 from tasks.errors import ForjaInputError
-from tasks.storage import storage_options
+from tasks.storage import input_files, storage_options
 
 EXTENSIONS = (".jsonl", ".json", ".tsv", ".jsonl.gz", ".json.gz", ".tsv.gz")
 TOY = "toy:addition"
@@ -86,25 +86,8 @@ def addition_problems(count: int, seed: int = 0, langs: tuple[str, ...] = ("en",
 
 
 def prompt_files(inputs: list[str]) -> list[str]:
-    """Files behind the inputs: files as given, folders and prefixes searched for prompt files, sorted."""
-    from fsspec.core import url_to_fs
-
-    files: list[str] = []
-    for item in inputs:
-        fs, path = url_to_fs(item, **storage_options(item))
-        protocol = "" if "://" not in item else item.split("://", 1)[0] + "://"
-        if not fs.exists(path):
-            raise ForjaInputError(f"{item} does not exist; pass prompt files or folders with --input")
-        if fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if p.endswith(EXTENSIONS))
-            if not found:
-                raise ForjaInputError(f"{item}: no {', '.join(EXTENSIONS)} files in this folder")
-            files += [protocol + p for p in found]
-        elif item.endswith(EXTENSIONS):
-            files.append(item)
-        else:
-            raise ForjaInputError(f"{item}: unsupported file type; RL prompts are {', '.join(EXTENSIONS)}")
-    return files
+    """Prompt files behind the inputs (files, folders, prefixes), sorted."""
+    return input_files(inputs, EXTENSIONS, "RL prompts")
 
 
 def number_text(value: float) -> str:

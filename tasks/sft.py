@@ -33,10 +33,9 @@ from tasks.storage import Storage, open_url
 
 STAGE = "sft"
 ENTRY = "models.sft"
-MODEL_MODULES = (
-    "models.sft",
+# The post-training frame: every post-training stage's code version covers these modules
+FRAME_MODULES = (
     "models.posttrain",
-    "models.sft_data",
     "models.chat",
     "models.lora",
     "models.policy",
@@ -47,6 +46,21 @@ MODEL_MODULES = (
     "models.lightning",
     "models.train",
 )
+MODEL_MODULES = ("models.sft", "models.sft_data", *FRAME_MODULES)
+# Config fields that go to the trainer as they are
+TRAINER_FIELDS = {
+    "micro_batch",
+    "accumulate",
+    "max_steps",
+    "val_every",
+    "ckpt_every",
+    "seed",
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "precision",
+}
 
 
 def storage_of(manifest: Manifest) -> Storage:
@@ -182,21 +196,7 @@ def sft(
                 "optim": cfg.optim,
                 "samples": {"prompts": cfg.sample_prompts, "max_new_tokens": cfg.sample_tokens},
                 "pad_id": template.pad_id,
-                **cfg.model_dump(
-                    include={
-                        "micro_batch",
-                        "accumulate",
-                        "max_steps",
-                        "val_every",
-                        "ckpt_every",
-                        "seed",
-                        "accelerator",
-                        "devices",
-                        "num_nodes",
-                        "strategy",
-                        "precision",
-                    }
-                ),
+                **cfg.model_dump(include=TRAINER_FIELDS),
             }
 
         run_dir = run_training(storage, out, ENTRY, spec, cfg.launcher, cfg.num_nodes, cfg.devices)

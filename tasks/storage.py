@@ -121,3 +121,26 @@ class Storage:
 def open_url(url: str, mode: str = "rb"):
     """Open any fsspec URL (local path, s3://, ...) with Forja's storage options."""
     return fsspec.open(url, mode, **storage_options(url))
+
+
+def input_files(inputs: list[str], extensions: tuple[str, ...], kind: str) -> list[str]:
+    """Files behind `inputs` (local paths or URLs): files as given, folders and prefixes searched for files
+    ending in `extensions`, sorted. `kind` names the files in errors ("chat data", "RL prompts")."""
+    from tasks.errors import ForjaInputError
+
+    files: list[str] = []
+    for item in inputs:
+        fs, path = url_to_fs(item, **storage_options(item))
+        protocol = "" if "://" not in item else item.split("://", 1)[0] + "://"
+        if not fs.exists(path):
+            raise ForjaInputError(f"{item} does not exist; pass {kind} files or folders with --input")
+        if fs.isdir(path):
+            found = sorted(p for p in fs.find(path) if p.endswith(extensions))
+            if not found:
+                raise ForjaInputError(f"{item}: no {', '.join(extensions)} files in this folder")
+            files += [protocol + p for p in found]
+        elif item.endswith(extensions):
+            files.append(item)
+        else:
+            raise ForjaInputError(f"{item}: unsupported file type for {kind}; use {', '.join(extensions)}")
+    return files
