@@ -118,6 +118,7 @@ def test_deploy_then_run_with_parameters_through_a_worker(server):
     with _client(api) as client:
         deployments = {d.name: d for d in client.read_deployments()}
         expected = {"pipeline", "corpus", "corpus-refresh-nightly", "tokenizer", "pretrain", "sft", "dpo"}
+        expected |= {"rl"}
         assert expected <= set(deployments)
         assert deployments["corpus"].parameters == {"storage": env["FORJA_STORAGE"]}
         pretrain = deployments["pretrain"]
