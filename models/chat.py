@@ -16,8 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 ROLES = ("system", "user", "assistant")
 MARKERS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 END = "<|end|>"
@@ -120,7 +118,6 @@ def decoder_of(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-@torch.no_grad()
 def generate_replies(
     model,
     template: ChatTemplate,
@@ -138,7 +135,9 @@ def generate_replies(
     reply to the prompt alone. `model` is a Decoder or a peft model around one (under
     `with model.disable_adapter():` that is the base model).
     """
-    decoder = decoder_of(model)
+    import torch  # here: readers of chat data use this module without loading torch
+
+    decoder = decoder_of(model)  # Decoder.generate runs without gradients
     device = next(decoder.parameters()).device
     prompts = [template.prompt(c) for c in conversations]
     by_length: dict[int, list[int]] = {}

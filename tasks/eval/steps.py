@@ -14,18 +14,20 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.artifacts import create_table_artifact
 
 from tasks import progress as events
 from tasks.config import EvalConfig
-from tasks.eval import bpb, files, gsm8k, hellaswag, samples
-from tasks.eval import models as backends
+from tasks.eval import files
 from tasks.eval import source as sources
 from tasks.manifest import Manifest, StageDir, code_version, run_stage
 from tasks.prefect_utils import stage_task
 from tasks.storage import Storage
+
+if TYPE_CHECKING:
+    from tasks.eval import models as backends
 
 STAGE = "eval"
 RESULTS = "eval.json"
@@ -85,6 +87,9 @@ def run_benchmarks(
     lm: backends.LanguageModel, cfg: EvalConfig, data: dict[str, str], report: Reporter | None = None
 ) -> tuple[dict[str, Any], dict[str, list[dict]], list[dict], dict[str, float]]:
     """(results per task, per-item details per task, samples, seconds per task) for one model."""
+    # the benchmarks bring torch: imported when a model is evaluated, not when the pipeline is loaded
+    from tasks.eval import bpb, gsm8k, hellaswag, samples
+
     report = report or Reporter()
     results: dict[str, Any] = {}
     details: dict[str, list[dict]] = {}
@@ -143,6 +148,8 @@ def headline(task: str, result: dict | None) -> str:
 def evaluate(storage: Storage, cfg: EvalConfig, model: Manifest | str) -> Manifest:
     """Evaluate `model` (a stage manifest, a stage folder or manifest.json, a transformers folder or a
     training checkpoint) and return the eval manifest; `<root>/eval/<key>/eval.json` holds the results."""
+    from tasks.eval import models as backends
+
     source = sources.resolve(model)
     backend = backends.choose_backend(cfg.backend, source)
     data = _data_files(cfg)
@@ -183,23 +190,19 @@ def evaluate(storage: Storage, cfg: EvalConfig, model: Manifest | str) -> Manife
 
 
 def _modules():
-    import models.answers
-    import models.load
-    import models.model
-    from tasks.eval import source
-
+    # by name: hashed from their files without importing them (torch and models stay unloaded on a rerun)
     return (
         sys.modules[__name__],
-        bpb,
-        gsm8k,
-        hellaswag,
-        samples,
-        backends,
-        source,
-        files,
-        models.answers,
-        models.load,
-        models.model,
+        "tasks.eval.bpb",
+        "tasks.eval.gsm8k",
+        "tasks.eval.hellaswag",
+        "tasks.eval.samples",
+        "tasks.eval.models",
+        "tasks.eval.source",
+        "tasks.eval.files",
+        "models.answers",
+        "models.load",
+        "models.model",
     )
 
 
