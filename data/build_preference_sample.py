@@ -57,7 +57,9 @@ def sample(src: Path, n_short: int, n_long: int, seed: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", default="/work/shared/data", help="folder holding preference/hh-rlhf")
+    parser.add_argument(
+        "--shared", default=str(ROOT.parent / "shared" / "data"), help="folder holding preference/hh-rlhf"
+    )
     args = parser.parse_args()
     src = Path(args.shared) / "preference" / "hh-rlhf"
     OUT.mkdir(parents=True, exist_ok=True)
