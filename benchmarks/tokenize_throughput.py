@@ -31,7 +31,6 @@ when a target is missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -40,7 +39,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -52,6 +50,7 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 from datatrove.data import Document  # noqa: E402
+from machine_load import ProcessTree  # noqa: E402 - next to this script
 
 from tasks.config import ShardsConfig, TokenizerConfig, load_config  # noqa: E402
 from tasks.corpus.collect import collect  # noqa: E402
@@ -156,61 +155,12 @@ def fresh_store(inputs: dict, root: Path) -> Storage:
 # --- measuring -------------------------------------------------------------------------------------
 
 
-class CpuWatch:
-    """CPU seconds used by this process and its descendants while watched (polled), and by everything else.
-
-    A descendant is counted up to its last poll, so up to one interval of a short-lived process is missed.
-    `others_share`: the share of all cores other programs used meanwhile; a wall time measured while it is
-    high is slowed by them, not by the code under test.
-    """
-
-    def __init__(self, interval_s: float = 0.05):
-        self.interval_s = interval_s
-        self._seen: dict[tuple[int, float], float] = {}
-        self._start: dict[tuple[int, float], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _poll(self) -> None:
-        me = psutil.Process()
-        for proc in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                with proc.oneshot():
-                    t, born = proc.cpu_times(), proc.create_time()
-                self._seen[(proc.pid, born)] = t.user + t.system
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self._poll()
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()
-        return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
-
-    def __enter__(self) -> CpuWatch:
-        self._poll()
-        self._start = dict(self._seen)
-        self._busy0, self._wall0 = self._busy(), time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._poll()
-        self.wall = time.perf_counter() - self._wall0
-        self.cpu = sum(v - self._start.get(k, 0.0) for k, v in self._seen.items())
-        others = max(0.0, self._busy() - self._busy0 - self.cpu)
-        self.others_share = others / (self.wall * (os.cpu_count() or 1)) if self.wall > 0 else 0.0
-
-
-def measured(watch: CpuWatch, n_bytes: int, **extra) -> dict:
+def measured(watch: ProcessTree, n_bytes: int, **extra) -> dict:
     return {
         "seconds": round(watch.wall, 3),
         "mb_per_s": round(n_bytes / MB / watch.wall, 2),
-        "cpu_seconds": round(watch.cpu, 2),
-        "cores_used": round(watch.cpu / watch.wall, 2),
+        "cpu_seconds": round(watch.cpu_seconds, 2),
+        "cores_used": round(watch.cpu_seconds / watch.wall, 2),
         "others_share": round(watch.others_share, 3),
         **extra,
     }
@@ -230,7 +180,7 @@ def run_stage_once(inputs: dict, root: Path, tasks: int, workers: int) -> dict:
     """One shard stage run into a fresh storage root; returns its time and what it produced."""
     store = fresh_store(inputs, root)
     cfg = ShardsConfig(tasks=tasks, workers=workers, batch_docs=BATCH_DOCS)
-    with CpuWatch() as watch:
+    with ProcessTree() as watch:
         manifest = tokenize_corpus(store, cfg, inputs["tok_cfg"], inputs["corpus"], inputs["tokenizer"])
     totals = manifest.stats["totals"]
     documents = sum(t["documents"] for t in totals.values())
@@ -254,7 +204,7 @@ def run_bare_once(sp: spm.SentencePieceProcessor, texts: list[str], n_bytes: int
     """`sp.encode` over in-memory texts, in batches of the stage's size (ids only, nothing written);
     `threads=-1` lets SentencePiece use every core."""
     tokens = 0
-    with CpuWatch() as watch:
+    with ProcessTree() as watch:
         for start in range(0, len(texts), BATCH_DOCS):
             encoded = sp.encode(texts[start : start + BATCH_DOCS], num_threads=threads)
             tokens += sum(len(ids) for ids in encoded)
@@ -277,14 +227,14 @@ def breakdown(
 
     def read() -> dict:
         docs.clear()
-        with CpuWatch() as watch:
+        with ProcessTree() as watch:
             docs.extend(ShardReader(folder).run(None, 0, 1))
         return measured(watch, n_bytes, documents=len(docs))
 
     def step() -> dict:
         out = Storage(str(scratch)).datafolder("out")
         tokenize = TokenizeToShards(inputs["model"], out, inputs["tok_cfg"].val_fraction, BATCH_DOCS)
-        with CpuWatch() as watch:
+        with ProcessTree() as watch:
             deque(tokenize.run(iter(docs), 0, 1) or (), maxlen=0)
         shutil.rmtree(scratch, ignore_errors=True)
         return measured(watch, n_bytes)
