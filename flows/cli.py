@@ -49,12 +49,14 @@ def _root() -> None:
 
 
 def _load(config: Path | None, sets: list[str] | None, storage: str | None):
+    from flows.local_api import wait_ready
     from tasks.config import load_config
 
     path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
     cfg = load_config(path, sets or [])
     if storage:
         cfg = cfg.model_copy(update={"storage": storage})
+    wait_ready()  # every command loads its recipe right before its first flow run
     return cfg
 
 
@@ -123,7 +125,7 @@ class StageProgress:
         docs = manifest.stats.get("documents")
         what = f"{docs:,} documents" if isinstance(docs, int) else ""
         self.bar.console.print(
-            f"  [green]✓[/green] {stage:<8} {what:<18} {seconds:6.1f} s"
+            f"  [green]✓[/green] {stage:<12} {what:<15} {seconds:6.1f} s"
             + ("  [dim](reused)[/dim]" if reused else "")
         )
         self.bar.advance(self.task)
@@ -140,12 +142,17 @@ class StageProgress:
         self.bar.stop()
 
 
-def _run(body) -> None:
-    """Run a command body; map failures to the documented exit codes."""
+def _run(body, temporary_api: bool = True) -> None:
+    """Run a command body; map failures to the documented exit codes. Without a configured Prefect server
+    the body's flows report to a temporary one (flows/local_api.py), unless `temporary_api` is off."""
+    from contextlib import nullcontext
+
+    from flows.local_api import prefect_api
     from tasks.errors import ForjaInputError
 
     try:
-        body()
+        with prefect_api() if temporary_api else nullcontext():
+            body()
     except ForjaInputError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -396,7 +403,7 @@ def feedback(
             f"{summary['pairs']} preference pairs in {summary['url']}"
         )
 
-    _run(body)
+    _run(body, temporary_api=False)
 
 
 @app.command()

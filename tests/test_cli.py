@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import BAD, REPO
 
@@ -80,6 +82,27 @@ def test_json_output_is_the_manifest(tmp_path):
     manifest = json.loads(r.stdout)
     assert manifest["stage"] == "stats" and manifest["stats"]["languages"]["es"]["documents"] >= 1
     assert (tmp_path / "store" / "stats" / manifest["key"] / "manifest.json").exists()
+    # no server configured: the runs went to a temporary API over PREFECT_HOME's database, now stopped
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        runs = db.execute(
+            "SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id"
+        ).fetchall()
+    assert ("corpus", "COMPLETED") in runs
+    assert not _servers_of(tmp_path / "prefect")
+
+
+def _servers_of(prefect_home) -> list[int]:
+    """Processes still serving Prefect's API over this PREFECT_HOME."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"uvicorn" in cmdline and f"PREFECT_HOME={prefect_home}".encode() in environ:
+            found.append(int(proc.name))
+    return found
 
 
 def test_empty_corpus_is_explained(tmp_path):

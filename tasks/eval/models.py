@@ -311,18 +311,6 @@ class HFModel(LanguageModel):
 # ---------------------------------------------------------------- choosing and opening
 
 
-def choose_backend(requested: str, source: ModelSource) -> str:
-    """auto: Forja's Decoder for what a Forja stage made, transformers for any other folder."""
-    if requested == "auto":
-        return "forja" if source.forja else "transformers"
-    if requested == "transformers" and source.kind == "checkpoint":
-        raise ForjaInputError(
-            f"{source.path}: a training checkpoint loads with Forja's own model only; "
-            "use --set eval.backend=forja (or auto), or evaluate the run's export/ folder"
-        )
-    return requested
-
-
 def open_model(source: ModelSource, backend: str, device: str = "auto", dtype: str = "auto") -> LanguageModel:
     """The model of `source` behind the chosen backend; unreadable models are input errors."""
     from models.load import UnsupportedModel, load_checkpoint, load_hf_folder

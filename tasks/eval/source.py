@@ -175,3 +175,15 @@ def check(model: Manifest | str | os.PathLike) -> None:
     """Fail at once on a local reference that cannot be a model (remote ones are checked on use)."""
     if not isinstance(model, Manifest) and not _is_url(str(model)):
         local_kind(Path(str(model).removeprefix("file://")).expanduser())
+
+
+def choose_backend(requested: str, source: ModelSource) -> str:
+    """auto: Forja's Decoder for what a Forja stage made, transformers for any other folder."""
+    if requested == "auto":
+        return "forja" if source.forja else "transformers"
+    if requested == "transformers" and source.kind == "checkpoint":
+        raise ForjaInputError(
+            f"{source.path}: a training checkpoint loads with Forja's own model only; "
+            "use --set eval.backend=forja (or auto), or evaluate the run's export/ folder"
+        )
+    return requested

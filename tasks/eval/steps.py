@@ -148,10 +148,8 @@ def headline(task: str, result: dict | None) -> str:
 def evaluate(storage: Storage, cfg: EvalConfig, model: Manifest | str) -> Manifest:
     """Evaluate `model` (a stage manifest, a stage folder or manifest.json, a transformers folder or a
     training checkpoint) and return the eval manifest; `<root>/eval/<key>/eval.json` holds the results."""
-    from tasks.eval import models as backends
-
     source = sources.resolve(model)
-    backend = backends.choose_backend(cfg.backend, source)
+    backend = sources.choose_backend(cfg.backend, source)
     data = _data_files(cfg)
     keyed = {
         **cfg.model_dump(mode="json", exclude={"batch_size"}),
@@ -160,6 +158,8 @@ def evaluate(storage: Storage, cfg: EvalConfig, model: Manifest | str) -> Manife
     }
 
     def build(out: StageDir) -> dict:
+        from tasks.eval import models as backends
+
         started = time.perf_counter()
         lm = backends.open_model(source, backend, cfg.device, cfg.dtype)
         log.info(
