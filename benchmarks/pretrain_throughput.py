@@ -17,9 +17,10 @@
    last step and no export: precision 32-true; CSV + TensorBoard loggers written every 10 steps
    (log_every_n_steps); `train/loss` (also on the progress bar) and `train/lr` logged on those steps only;
    the Throughput callback (tokens/s over the steps since its last write, on those steps only);
-   Lightning's Rich progress bar (FORJA_PROGRESS=1, the default; its output goes to a scratch file here,
-   as it does under a Prefect worker, not a terminal); the ProgressFile callback (every 10 steps);
-   ModelCheckpoint attached (no save falls in the run); gradient_clip_val; deterministic=True.
+   the training bar (FORJA_PROGRESS=1, the default: Lightning's Rich bar, updated at most every 0.1 s;
+   its output goes to a scratch file here, as it does under a Prefect worker, not a terminal); the
+   ProgressFile callback (every 10 steps); ModelCheckpoint attached (no save falls in the run);
+   gradient_clip_val; deterministic=True.
 
    Pairing: right after each Lightning optimizer step a callback runs one step of a bare-loop twin (its
    own model, optimizer and DataLoader) in the same process. A Lightning step is timed from the end of
@@ -168,7 +169,10 @@ class BareLoop:
         self.model = Decoder(self.cfg).to(self.device)
         o = OptimConfig(**{**spec.optim, "max_steps": spec.max_steps})  # what build() passes to LitDecoder
         self.opt = torch.optim.AdamW(
-            self.model.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps
+            self.model.param_groups(o.weight_decay, o.decay_embeddings),
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
         )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: o.lr_at(step) / o.lr)
         self.forward = torch.compile(self.model) if compile_model else self.model

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +32,14 @@ from models.grpo_data import PromptData
 from models.grpo_loss import completion_mask, group_advantages, grpo_loss, token_logprobs
 from models.posttrain import PolicyModule, PostTrainSpec, seed_everything, write_outputs
 from models.rewards import Rewards
-from models.train import ProgressFile, _leave_process_group, _precision, read_history, resume_checkpoint
+from models.train import (
+    ProgressFile,
+    _leave_process_group,
+    _precision,
+    progress_bar,
+    read_history,
+    resume_checkpoint,
+)
 
 EOS_ID = 2  # the tokenizer stage's </s>: a completion also ends there
 
@@ -279,6 +285,7 @@ def make_trainer(spec: GRPOSpec, has_val: bool) -> L.Trainer:
     and `max_steps` counts optimiser steps (`updates_per_batch` per batch of prompts)."""
     out = Path(spec.out_dir)
     mu = spec.updates_per_batch
+    bar = progress_bar()
     return L.Trainer(
         accelerator=spec.accelerator,
         devices=spec.devices,
@@ -305,8 +312,9 @@ def make_trainer(spec: GRPOSpec, has_val: bool) -> L.Trainer:
                 auto_insert_metric_name=False,
             ),
             ProgressFile(out / "progress.json", every=max(1, min(10, spec.max_steps // 10)) * mu),
+            *bar,
         ],
-        enable_progress_bar=os.environ.get("FORJA_PROGRESS", "1") == "1",
+        enable_progress_bar=bool(bar),
         enable_model_summary=False,
         log_every_n_steps=1,
     )

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from models.train import (
     _leave_process_group,
     _precision,
     plot_losses,
+    progress_bar,
     read_history,
     resume_checkpoint,
 )
@@ -91,7 +91,10 @@ class PolicyModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         opt = torch.optim.AdamW(
-            self.decoder.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps
+            self.decoder.param_groups(o.weight_decay, o.decay_embeddings),
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_at(step) / o.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -146,6 +149,7 @@ class TokensPerSecond(L.Callback):
 def make_trainer(spec: PostTrainSpec, has_val: bool) -> L.Trainer:
     out = Path(spec.out_dir)
     world = spec.num_nodes * (spec.devices if isinstance(spec.devices, int) else 1)
+    bar = progress_bar()
     return L.Trainer(
         accelerator=spec.accelerator,
         devices=spec.devices,
@@ -175,8 +179,9 @@ def make_trainer(spec: PostTrainSpec, has_val: bool) -> L.Trainer:
             ),
             ProgressFile(out / "progress.json"),
             TokensPerSecond(world),
+            *bar,
         ],
-        enable_progress_bar=os.environ.get("FORJA_PROGRESS", "1") == "1",
+        enable_progress_bar=bool(bar),
         enable_model_summary=False,
         log_every_n_steps=min(10, spec.max_steps),
     )
