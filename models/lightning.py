@@ -25,6 +25,7 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
+    decay_embeddings: bool = False  # see Decoder.param_groups
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine decay to min_lr at max_steps."""
@@ -114,7 +115,10 @@ class LitDecoder(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         opt = torch.optim.AdamW(
-            self.model.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps
+            self.model.param_groups(o.weight_decay, o.decay_embeddings),
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_at(step) / o.lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

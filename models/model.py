@@ -313,16 +313,19 @@ class Decoder(nn.Module):
         t = seq_len or self.cfg.context
         return 6.0 * self.num_params(True) + 12.0 * self.cfg.n_layer * self.cfg.d_model * t
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
+    def param_groups(self, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
         """AdamW groups over the trainable parameters, each once.
 
         Decay: weight matrices (dim >= 2), including an untied LM head and LoRA matrices.
         No decay: norms, biases, and the embedding tables (tok_emb, also when tied to the head, and
         pos_emb): decoupled decay shrinks every row each step while rare tokens' rows get few
-        gradients, so it would pull them toward zero."""
-        embeddings = {id(self.tok_emb.weight)}
-        if self.pos_emb is not None:
-            embeddings.add(id(self.pos_emb.weight))
+        gradients, so it would pull them toward zero. `decay_embeddings` decays them too (nanoGPT's
+        choice: every tensor of dim >= 2)."""
+        embeddings = set()
+        if not decay_embeddings:
+            embeddings.add(id(self.tok_emb.weight))
+            if self.pos_emb is not None:
+                embeddings.add(id(self.pos_emb.weight))
         decay, no_decay = [], []
         for p in self.parameters():
             if p.requires_grad:

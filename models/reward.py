@@ -84,7 +84,7 @@ class LitReward(PolicyModule):
 
     def configure_optimizers(self):
         o = self.optim
-        groups = self.decoder.param_groups(o.weight_decay)
+        groups = self.decoder.param_groups(o.weight_decay, o.decay_embeddings)
         groups.append({"params": list(self.head.parameters()), "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_at(step) / o.lr)

@@ -172,6 +172,11 @@ def test_param_groups_cover_every_parameter_once(kw):
     assert id(model.blocks[0].attn.q_proj.weight) in decayed
     assert (id(model.lm_head.weight) in decayed) == (not model.cfg.tie_weights)
     torch.optim.AdamW(groups, lr=1e-3)
+    # nanoGPT's choice: every matrix decays, the (tied) embedding tables included
+    all_2d = {id(p) for p in model.parameters() if p.dim() >= 2}
+    groups = model.param_groups(0.1, decay_embeddings=True)
+    assert {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]} == all_2d
+    assert id(model.tok_emb.weight) in all_2d
 
 
 def test_bf16_autocast_and_train_mode_kept():
