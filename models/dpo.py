@@ -9,7 +9,6 @@ next to what every post-training run writes (models.posttrain).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from dataclasses import dataclass
@@ -149,15 +148,9 @@ def train(spec: DPOSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.train import _quiet
+    from models.train import run_cli
 
-    _quiet()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="DPO spec (JSON)")
-    args = parser.parse_args(argv)
-    metrics = train(DPOSpec.load(args.spec))
-    if metrics:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    run_cli(__doc__, "DPO", DPOSpec.load, train, argv)
 
 
 if __name__ == "__main__":

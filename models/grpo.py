@@ -15,7 +15,6 @@ accuracy, KL, loss) and the held-out answers of each evaluation in `samples.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -392,16 +391,9 @@ def train(spec: GRPOSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.train import _quiet
+    from models.train import run_cli
 
-    _quiet()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="GRPO spec (JSON)")
-    args = parser.parse_args(argv)
-    spec = GRPOSpec.load(args.spec)
-    metrics = train(spec)
-    if metrics:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    run_cli(__doc__, "GRPO", GRPOSpec.load, train, argv)
 
 
 if __name__ == "__main__":

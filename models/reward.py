@@ -12,7 +12,6 @@ on held-out answers, for normalising).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -217,15 +216,9 @@ def load_reward_model(path: str | Path, device: str | None = None, normalize: bo
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.train import _quiet
+    from models.train import run_cli
 
-    _quiet()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="reward model spec (JSON)")
-    args = parser.parse_args(argv)
-    metrics = train(RewardSpec.load(args.spec))
-    if metrics:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    run_cli(__doc__, "reward model", RewardSpec.load, train, argv)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ every node of a cluster, like `models.train`. The loss is the cross-entropy of t
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,15 +71,9 @@ def train(spec: SFTSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from models.train import _quiet
+    from models.train import run_cli
 
-    _quiet()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="fine-tuning spec (JSON)")
-    args = parser.parse_args(argv)
-    metrics = train(SFTSpec.load(args.spec))
-    if metrics:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    run_cli(__doc__, "fine-tuning", SFTSpec.load, train, argv)
 
 
 if __name__ == "__main__":

@@ -298,15 +298,20 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_cli(doc: str, what: str, load, train_fn, argv: list[str] | None = None) -> None:
+    """A training process's entry point (`python -m models.<module> spec.json`, as tasks/launcher.py starts
+    it): train on the spec, print the metrics (less the history) as one JSON line."""
     _quiet()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("spec", help="training spec (JSON)")
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("spec", help=f"{what} spec (JSON)")
     args = parser.parse_args(argv)
-    spec = TrainSpec.load(args.spec)
-    metrics = train(spec)
+    metrics = train_fn(load(args.spec))
     if metrics:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(__doc__, "training", TrainSpec.load, train, argv)
 
 
 if __name__ == "__main__":
