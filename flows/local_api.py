@@ -18,33 +18,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-PORT_IN_USE = 3  # uvicorn's exit code when the port was taken between our check and its bind
 _booting: LocalApi | None = None
 
 
 class LocalApi:
-    """Prefect's API app served by uvicorn in a child process on a free loopback port."""
+    """Prefect's API app served by uvicorn in a child process, on a loopback socket bound here and handed
+    over (--fd): the port is ours from the start, so the URL given to Prefect's settings never changes."""
 
     def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-        self.ready = False
-        self.launch()
-
-    def launch(self) -> None:
         import prefect
 
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}/api"
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
-                "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                "--port", str(port), "--log-level", "error", "--lifespan", "on",
-            ],
-            env=self.env,
-        )  # fmt: skip
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
+                    "--factory", "prefect.server.api.server:create_app", "--fd", str(sock.fileno()),
+                    "--log-level", "error", "--lifespan", "on",
+                ],
+                env=env,
+                pass_fds=[sock.fileno()],
+            )  # fmt: skip
+        self.ready = False
 
     def wait(self, timeout: float) -> None:
         """Block until the API answers its health check."""
@@ -54,10 +50,7 @@ class LocalApi:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code == PORT_IN_USE:
-                self.launch()
-            elif code is not None:
+            if (code := self.process.poll()) is not None:
                 raise RuntimeError(f"the temporary Prefect server exited with code {code} (its log is above)")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
@@ -78,12 +71,6 @@ class LocalApi:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
