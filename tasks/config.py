@@ -121,7 +121,24 @@ class ShardsConfig(Strict):
     batch_docs: int = Field(256, ge=1, description="Documents encoded per call.")
 
 
-class PretrainConfig(Strict):
+class Placement(Strict):
+    """Where a training stage runs and how it is launched: the same fields for every trainer."""
+
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1, description="Processes (GPUs) per node.")
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
+    launcher: Literal["lightning", "torchrun"] = Field(
+        "lightning", description="lightning: one command that spawns its local ranks; torchrun: TorchElastic."
+    )
+
+
+# Passed to the trainer as they are (the launcher only decides how the trainer process starts)
+PLACEMENT_FIELDS = frozenset(Placement.model_fields) - {"launcher"}
+
+
+class PretrainConfig(Placement):
     model: dict[str, Any] = Field(
         default_factory=lambda: {"arch": "gpt2", "n_layer": 4, "n_head": 4, "d_model": 128, "context": 128},
         description="models.model.ModelConfig fields; vocab_size comes from the tokenizer.",
@@ -137,17 +154,10 @@ class PretrainConfig(Strict):
     val_windows: int = Field(100, ge=1)
     ckpt_every: int = Field(100, ge=1)
     seed: int = 1337
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = Field(1, ge=1, description="Processes (GPUs) per node.")
-    num_nodes: int = Field(1, ge=1)
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
     compile: bool = False
     peak_flops: float | None = Field(
         None, description="Accelerator peak FLOP/s, for MFU (e.g. 989e12 for H100 bf16)."
-    )
-    launcher: Literal["lightning", "torchrun"] = Field(
-        "lightning", description="lightning: one command that spawns its local ranks; torchrun: TorchElastic."
     )
 
 
@@ -169,7 +179,7 @@ class LoraSection(Strict):
     )
 
 
-class SFTConfig(Strict):
+class SFTConfig(Placement):
     data: list[str] = Field(
         default_factory=lambda: ["data/sft"],
         description="Chat (messages / ShareGPT) and instruction files, .json or .jsonl, or folders of them.",
@@ -198,12 +208,6 @@ class SFTConfig(Strict):
     val_every: int = Field(50, ge=1)
     ckpt_every: int = Field(100, ge=1)
     seed: int = 1234
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = Field(1, ge=1)
-    num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp"] = "auto"
-    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
-    launcher: Literal["lightning", "torchrun"] = "lightning"
     sample_prompts: list[str] = Field(
         default_factory=lambda: [
             "What is your name?",
@@ -236,7 +240,7 @@ class PairDataSection(Strict):
     )
 
 
-class PreferenceTraining(Strict):
+class PreferenceTraining(Placement):
     lora: LoraSection = Field(default_factory=LoraSection)
     optim: dict[str, Any] = Field(
         default_factory=lambda: {"lr": 5e-4, "min_lr": 5e-5, "warmup_steps": 10, "weight_decay": 0.0},
@@ -248,12 +252,6 @@ class PreferenceTraining(Strict):
     val_every: int = Field(50, ge=1)
     ckpt_every: int = Field(100, ge=1)
     seed: int = 1234
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = Field(1, ge=1)
-    num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp"] = "auto"
-    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
-    launcher: Literal["lightning", "torchrun"] = "lightning"
 
 
 class DPOConfig(PairDataSection, PreferenceTraining):
@@ -333,7 +331,7 @@ class ToyTaskSection(Strict):
     seed: int = 0
 
 
-class RLConfig(Strict):
+class RLConfig(Placement):
     data: list[str] = Field(
         default_factory=lambda: ["data/rl/gsm8k"],
         description="Prompt files or folders: JSONL {prompt|question, answer} (GSM8K as is), "
@@ -378,12 +376,6 @@ class RLConfig(Strict):
     val_every: int = Field(25, ge=1, description="Steps between held-out evaluations.")
     ckpt_every: int = Field(50, ge=1)
     seed: int = 1234
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int = Field(1, ge=1)
-    num_nodes: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp"] = "auto"
-    precision: str = Field("auto", description="auto: bf16-mixed on a GPU that has it, else 32-true.")
-    launcher: Literal["lightning", "torchrun"] = "lightning"
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:

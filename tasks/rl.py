@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tasks import rl_data
 from tasks.align import base_manifest, check_training
-from tasks.config import RLConfig
+from tasks.config import PLACEMENT_FIELDS, RLConfig
 from tasks.errors import ForjaInputError
 from tasks.launcher import cache_root, local_copy, run_training
 from tasks.manifest import MANIFEST, Manifest, StageDir, code_version, run_stage
@@ -48,12 +48,7 @@ TRAINER_FIELDS = {
     "val_every",
     "ckpt_every",
     "seed",
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-}
+} | PLACEMENT_FIELDS
 CURVE_KEYS = ("train/reward", "train/accuracy", "train/kl", "train/loss", "val/reward", "val/accuracy")
 MAX_CURVE_ROWS = 300
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tasks import chat_data
 from tasks.chat_data import encode_conversations, expand_inputs, read_chat_files, require_usable
-from tasks.config import SFTConfig
+from tasks.config import PLACEMENT_FIELDS, SFTConfig
 from tasks.errors import ForjaInputError
 from tasks.launcher import cache_root, local_copy, run_training
 from tasks.manifest import (
@@ -55,12 +55,7 @@ TRAINER_FIELDS = {
     "val_every",
     "ckpt_every",
     "seed",
-    "accelerator",
-    "devices",
-    "num_nodes",
-    "strategy",
-    "precision",
-}
+} | PLACEMENT_FIELDS
 
 
 def storage_of(manifest: Manifest) -> Storage:
