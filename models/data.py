@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,50 @@ class StepSampler(Sampler[int]):
                 base = step * global_batch + (a * self.world + self.rank) * self.micro
                 yield from range(base, base + self.micro)
             step += 1
+
+
+def step_loader(
+    dataset: Dataset,
+    micro_batch: int,
+    accumulate: int,
+    trainer,
+    start_step: Callable[[], int] | None = None,
+    **loader,
+) -> DataLoader:
+    """Training batches of a Lightning trainer's rank, from the step it is at (read when iterated, so a
+    resumed run starts where it stopped); `start_step` maps that to another numbering (e.g. GRPO batches)."""
+    sampler = StepSampler(
+        micro_batch,
+        accumulate,
+        trainer.global_rank,
+        trainer.world_size,
+        start_step=start_step or (lambda: trainer.global_step),
+    )
+    return DataLoader(dataset, batch_size=micro_batch, sampler=sampler, **loader)
+
+
+class ShuffledPasses(Dataset):
+    """Endless: sample i -> item of pass i // n, in that pass's own permutation (seeded by (seed, pass)),
+    so any rank and any resumed run find the same item for the same i."""
+
+    def __init__(self, items: Sequence, seed: int, what: str = "examples"):
+        if len(items) == 0:
+            raise ValueError(f"no training {what}")
+        self.items, self.seed = items, seed
+        self._pass, self._order = -1, np.arange(0)
+
+    def __len__(self) -> int:
+        return 2**62  # training length is set in steps
+
+    def index(self, i: int) -> int:
+        """Which item sample i is."""
+        n = len(self.items)
+        if i // n != self._pass:
+            self._pass, self._order = i // n, np.random.default_rng([self.seed, i // n]).permutation(n)
+        return int(self._order[i % n])
+
+    def __getitem__(self, i: int):
+        return self.items[self.index(i)]
 
 
 def bytes_per_token(folder: str | Path, split: str = "val") -> float:

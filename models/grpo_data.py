@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
-import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from models.data import StepSampler
+from models.data import ShuffledPasses, step_loader
 
 Record = dict  # {"prompt": str, "ids": list[int], "reference": str | None}
 
@@ -44,26 +43,6 @@ def _as_list(rows: list[Record]) -> list[Record]:
     return rows
 
 
-class PromptPasses(Dataset):
-    """Prompt i -> record of pass i // n, in that pass's own permutation (seeded by (seed, pass))."""
-
-    def __init__(self, records: list[Record], seed: int):
-        if not records:
-            raise ValueError("no training prompts")
-        self.records, self.seed = records, seed
-        self._pass, self._order = -1, np.arange(0)
-
-    def __len__(self) -> int:
-        return 2**62  # endless: training length is set in steps
-
-    def __getitem__(self, i: int) -> Record:
-        n = len(self.records)
-        if i // n != self._pass:
-            self._pass = i // n
-            self._order = np.random.default_rng([self.seed, self._pass]).permutation(n)
-        return self.records[int(self._order[i % n])]
-
-
 class PromptData(L.LightningDataModule):
     def __init__(
         self,
@@ -84,17 +63,12 @@ class PromptData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = StepSampler(
+        return step_loader(
+            ShuffledPasses(self.train, self.seed, "prompts"),
             self.prompts_per_step,
             1,
-            trainer.global_rank,
-            trainer.world_size,
+            trainer,
             start_step=lambda: self.batch_of_step(trainer.global_step),
-        )
-        return DataLoader(
-            PromptPasses(self.train, self.seed),
-            batch_size=self.prompts_per_step,
-            sampler=sampler,
             collate_fn=_as_list,
         )
 

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from models.data import FixedWindows, RandomWindows, ShardSet, StepSampler
+from models.data import FixedWindows, RandomWindows, ShardSet, step_loader
 from models.model import Decoder, ModelConfig
 
 
@@ -195,20 +195,8 @@ class TokenData(L.LightningDataModule):
         self.val = FixedWindows(ShardSet.open(self.folder, "val"), self.context, self.val_windows)
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = StepSampler(
-            self.micro_batch,
-            self.accumulate,
-            trainer.global_rank,
-            trainer.world_size,
-            start_step=lambda: trainer.global_step,
-        )
-        return DataLoader(
-            self.train,
-            batch_size=self.micro_batch,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=False,
+        return step_loader(
+            self.train, self.micro_batch, self.accumulate, self.trainer, num_workers=self.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:

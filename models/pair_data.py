@@ -18,9 +18,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from models.data import StepSampler
+from models.data import ShuffledPasses, step_loader
 from models.model import IGNORE_INDEX
 from models.sft_data import ExampleSet, write_examples
 
@@ -49,25 +49,6 @@ class PairSet:
 
     def __getitem__(self, i: int) -> tuple[Row, Row]:
         return self.chosen[i], self.rejected[i]
-
-
-class PairPasses(Dataset):
-    """Endless: sample i -> pair of pass i // n, in that pass's own permutation (seeded by (seed, pass))."""
-
-    def __init__(self, pairs: PairSet, seed: int):
-        if len(pairs) == 0:
-            raise ValueError("no training pairs")
-        self.pairs, self.seed = pairs, seed
-        self._pass, self._order = -1, np.arange(0)
-
-    def __len__(self) -> int:
-        return 2**62  # training length is set in steps
-
-    def __getitem__(self, i: int) -> tuple[Row, Row]:
-        n = len(self.pairs)
-        if i // n != self._pass:
-            self._pass, self._order = i // n, np.random.default_rng([self.seed, i // n]).permutation(n)
-        return self.pairs[int(self._order[i % n])]
 
 
 def pair_batch(pairs: Sequence[tuple[Row, Row]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -105,20 +86,8 @@ class PairData(L.LightningDataModule):
         return pair_batch(pairs, self.pad_id)
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = StepSampler(
-            self.micro_batch,
-            self.accumulate,
-            trainer.global_rank,
-            trainer.world_size,
-            start_step=lambda: trainer.global_step,
-        )
-        return DataLoader(
-            PairPasses(self.train, self.seed),
-            batch_size=self.micro_batch,
-            sampler=sampler,
-            collate_fn=self._collate,
-        )
+        passes = ShuffledPasses(self.train, self.seed, "pairs")
+        return step_loader(passes, self.micro_batch, self.accumulate, self.trainer, collate_fn=self._collate)
 
     def val_dataloader(self) -> DataLoader:
         pairs = [self.val[i] for i in range(len(self.val))] if self.val is not None else []

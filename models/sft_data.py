@@ -20,9 +20,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from models.data import StepSampler
+from models.data import ShuffledPasses, step_loader
 from models.model import IGNORE_INDEX
 
 
@@ -76,33 +76,6 @@ def pad_batch(
 
 
 @functools.lru_cache(maxsize=4)
-def pass_order(seed: int, pass_index: int, n: int) -> np.ndarray:
-    """The order of the n examples in one pass over the data."""
-    return np.random.default_rng([seed, pass_index]).permutation(n)
-
-
-class ShuffledPasses(Dataset):
-    """Sample i -> example of pass i // n, in that pass's own permutation (seeded by (seed, pass))."""
-
-    def __init__(self, examples: ExampleSet, seed: int):
-        if len(examples) == 0:
-            raise ValueError("no training examples")
-        self.examples, self.seed = examples, seed
-        counted = np.concatenate([[0], np.cumsum(examples.mask, dtype=np.int64)])
-        starts, ends = examples.offsets[:-1], examples.offsets[1:]
-        self.targets = counted[ends] - counted[starts + 1]  # answer tokens that are targets (not the first)
-
-    def __len__(self) -> int:
-        return 2**62  # endless: training length is set in steps
-
-    def example(self, i: int) -> int:
-        n = len(self.examples)
-        return int(pass_order(self.seed, i // n, n)[i % n])
-
-    def __getitem__(self, i: int):
-        return self.examples[self.example(i)]
-
-
 class ChatData(L.LightningDataModule):
     def __init__(self, folder: str | Path, micro_batch: int, accumulate: int, pad_id: int, seed: int = 0):
         super().__init__()
@@ -110,7 +83,11 @@ class ChatData(L.LightningDataModule):
         self.pad_id, self.seed = pad_id, seed
 
     def setup(self, stage: str | None = None) -> None:
-        self.train = ShuffledPasses(ExampleSet.open(self.folder / "train.npz"), self.seed)
+        examples = ExampleSet.open(self.folder / "train.npz")
+        self.train = ShuffledPasses(examples, self.seed)
+        counted = np.concatenate([[0], np.cumsum(examples.mask, dtype=np.int64)])
+        starts, ends = examples.offsets[:-1], examples.offsets[1:]
+        self.targets = counted[ends] - counted[starts + 1]  # answer tokens that are targets (not the first)
         val = self.folder / "val.npz"
         self.val = ExampleSet.open(val) if val.exists() else None
 
@@ -123,22 +100,11 @@ class ChatData(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         size = self.micro_batch * self.accumulate * world
         samples = range(step * size, (step + 1) * size)
-        return int(sum(self.train.targets[self.train.example(i)] for i in samples))
+        return int(sum(self.targets[self.train.index(i)] for i in samples))
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = StepSampler(
-            self.micro_batch,
-            self.accumulate,
-            trainer.global_rank,
-            trainer.world_size,
-            start_step=lambda: trainer.global_step,
-        )
-        return DataLoader(
-            self.train,
-            batch_size=self.micro_batch,
-            sampler=sampler,
-            collate_fn=self._collate,
+        return step_loader(
+            self.train, self.micro_batch, self.accumulate, self.trainer, collate_fn=self._collate
         )
 
     def val_dataloader(self) -> DataLoader:
