@@ -21,10 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from models.chat import decoder_of
 from models.grpo_data import PromptData
@@ -32,10 +29,8 @@ from models.grpo_loss import completion_mask, group_advantages, grpo_loss, token
 from models.posttrain import PolicyModule, PostTrainSpec, seed_everything, write_outputs
 from models.rewards import Rewards
 from models.train import (
-    ProgressFile,
     _leave_process_group,
-    _precision,
-    progress_bar,
+    make_trainer,
     read_history,
     resume_checkpoint,
 )
@@ -279,46 +274,6 @@ class LitGRPO(PolicyModule):
             )
 
 
-def make_trainer(spec: GRPOSpec, has_val: bool) -> L.Trainer:
-    """Like the other post-training runs, for manual optimisation: gradient clipping happens in the step,
-    and `max_steps` counts optimiser steps (`updates_per_batch` per batch of prompts)."""
-    out = Path(spec.out_dir)
-    mu = spec.updates_per_batch
-    bar = progress_bar()
-    return L.Trainer(
-        accelerator=spec.accelerator,
-        devices=spec.devices,
-        num_nodes=spec.num_nodes,
-        strategy=spec.strategy,
-        precision=_precision(spec),
-        max_steps=spec.max_steps * mu,
-        val_check_interval=spec.val_every,
-        check_val_every_n_epoch=None,
-        limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        deterministic=True,
-        logger=CSVLogger(out / "logs", name="", version=""),
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=out / "checkpoints",
-                every_n_train_steps=spec.ckpt_every * mu,
-                save_last=True,
-                save_top_k=1,
-                monitor="step",
-                mode="max",
-                filename="step{step:06d}",
-                auto_insert_metric_name=False,
-            ),
-            ProgressFile(out / "progress.json", every=max(1, min(10, spec.max_steps // 10)) * mu),
-            *bar,
-        ],
-        enable_progress_bar=bool(bar),
-        enable_model_summary=False,
-        log_every_n_steps=1,
-    )
-
-
 CURVES = (
     ("train/reward", "val/reward", "mean reward"),
     ("train/accuracy", "val/accuracy", "accuracy"),
@@ -359,7 +314,16 @@ def train(spec: GRPOSpec) -> dict:
     mu = spec.updates_per_batch
     data = PromptData(spec.data_dir, spec.micro_batch, spec.seed, spec.val_batch, lambda step: step // mu)
     has_val = (Path(spec.data_dir) / "val.jsonl").exists()
-    trainer = make_trainer(spec, has_val)
+    # manual optimisation: gradients are clipped in the step; Lightning counts optimiser steps
+    trainer = make_trainer(
+        spec,
+        [],
+        updates_per_batch=mu,
+        gradient_clip_val=None,
+        val_check_interval=spec.val_every,
+        limit_val_batches=None if has_val else 0,
+        log_every_n_steps=1,
+    )
     resume = resume_checkpoint(Path(spec.out_dir) / "checkpoints")
     start = {}
     if has_val and resume is None:

@@ -18,51 +18,27 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from models.chat import ChatTemplate, generate_replies
 from models.lightning import OptimConfig
 from models.lora import LoraSettings, save_adapter, trainable_parameters
 from models.policy import export_policy, load_policy
 from models.train import (
-    ProgressFile,
+    RunSpec,
     _leave_process_group,
-    _precision,
+    make_trainer,
     plot_losses,
-    progress_bar,
     read_history,
     resume_checkpoint,
 )
 
 
 @dataclass(kw_only=True)
-class PostTrainSpec:
-    out_dir: str
+class PostTrainSpec(RunSpec):
     base: str  # export folder (or .ckpt) of the model to tune
     data_dir: str
-    tokenizer_dir: str | None = None  # a folder with tokenizer.model (and the transformers files)
     adapter: str | None = None  # continue this saved adapter instead of starting a fresh one
     lora: dict = field(default_factory=dict)  # models.lora.LoraSettings fields
-    optim: dict = field(default_factory=dict)  # models.lightning.OptimConfig fields
-    micro_batch: int = 8
-    accumulate: int = 1
-    max_steps: int = 200
-    val_every: int = 50
-    ckpt_every: int = 100
-    seed: int = 1234
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "auto"
-    grad_clip: float = 1.0
-    samples: dict = field(default_factory=dict)  # {"prompts": [...], "max_new_tokens": n}
-    export: bool = True
-
-    @classmethod
-    def load(cls, path: str | Path):
-        return cls(**json.loads(Path(path).read_text()))
 
 
 class PolicyModule(L.LightningModule):
@@ -146,47 +122,6 @@ class TokensPerSecond(L.Callback):
         self.tokens, self._t0 = 0, now
 
 
-def make_trainer(spec: PostTrainSpec, has_val: bool) -> L.Trainer:
-    out = Path(spec.out_dir)
-    world = spec.num_nodes * (spec.devices if isinstance(spec.devices, int) else 1)
-    bar = progress_bar()
-    return L.Trainer(
-        accelerator=spec.accelerator,
-        devices=spec.devices,
-        num_nodes=spec.num_nodes,
-        strategy=spec.strategy,
-        precision=_precision(spec),
-        max_steps=spec.max_steps,
-        accumulate_grad_batches=spec.accumulate,
-        gradient_clip_val=spec.grad_clip or None,
-        val_check_interval=spec.val_every * spec.accumulate,
-        check_val_every_n_epoch=None,
-        limit_val_batches=None if has_val else 0,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the data module gives each rank its slice of every step
-        deterministic=True,
-        logger=CSVLogger(out / "logs", name="", version=""),
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=out / "checkpoints",
-                every_n_train_steps=spec.ckpt_every,
-                save_last=True,
-                save_top_k=1,
-                monitor="step",
-                mode="max",
-                filename="step{step:06d}",
-                auto_insert_metric_name=False,
-            ),
-            ProgressFile(out / "progress.json"),
-            TokensPerSecond(world),
-            *bar,
-        ],
-        enable_progress_bar=bool(bar),
-        enable_model_summary=False,
-        log_every_n_steps=min(10, spec.max_steps),
-    )
-
-
 def seed_everything(seed: int) -> None:
     """Call before building the module: the adapter's initialisation draws from the global generator."""
     L.seed_everything(seed, workers=True, verbose=False)
@@ -194,7 +129,7 @@ def seed_everything(seed: int) -> None:
 
 def run(spec: PostTrainSpec, module: PolicyModule, data: L.LightningDataModule, has_val: bool) -> dict:
     """Fit, resuming if a checkpoint exists; then the outputs (rank 0). Returns the metrics."""
-    trainer = make_trainer(spec, has_val)
+    trainer = make_trainer(spec, [TokensPerSecond(spec.world)], limit_val_batches=None if has_val else 0)
     resume = resume_checkpoint(Path(spec.out_dir) / "checkpoints")
     start = {}
     if has_val and resume is None:  # the base's validation loss, for comparison

@@ -24,34 +24,46 @@ from models.data import bytes_per_token
 from models.lightning import LitDecoder, Throughput, TokenData
 
 
-@dataclass
-class TrainSpec:
-    shards_dir: str
+@dataclass(kw_only=True)
+class RunSpec:
+    """What the spec of every training process holds: where it writes, how long it trains, where it runs."""
+
     out_dir: str
-    model: dict
-    optim: dict
-    micro_batch: int = 12
+    tokenizer_dir: str | None = None  # a folder with tokenizer.model (and the transformers files)
+    optim: dict = field(default_factory=dict)  # models.lightning.OptimConfig fields
+    micro_batch: int = 8
     accumulate: int = 1
-    max_steps: int = 2000
-    val_every: int = 250
-    val_windows: int = 200
-    ckpt_every: int = 250
-    seed: int = 1337
+    max_steps: int = 200
+    val_every: int = 50
+    ckpt_every: int = 100
+    seed: int = 1234
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"  # bf16-mixed on a GPU that has it, else 32-true
-    compile: bool = False
     grad_clip: float = 1.0
-    peak_flops: float | None = None
-    tokenizer_dir: str | None = None
     samples: dict = field(default_factory=dict)
     export: bool = True
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainSpec:
+    def load(cls, path: str | Path):
         return cls(**json.loads(Path(path).read_text()))
+
+    @property
+    def world(self) -> int:
+        return self.num_nodes * (self.devices if isinstance(self.devices, int) else 1)
+
+
+@dataclass(kw_only=True)
+class TrainSpec(RunSpec):
+    """Pretraining: a decoder of `model` (models.model.ModelConfig fields) on the token shards."""
+
+    shards_dir: str
+    model: dict
+    val_windows: int = 200
+    compile: bool = False
+    peak_flops: float | None = None
 
 
 class ProgressFile(L.Callback):
@@ -94,10 +106,55 @@ def progress_bar() -> list[L.Callback]:
     return [ThrottledBar()] if os.environ.get("FORJA_PROGRESS", "1") == "1" else []
 
 
-def _precision(spec: TrainSpec) -> str:
+def _precision(spec: RunSpec) -> str:
     if spec.precision != "auto":
         return spec.precision
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def make_trainer(
+    spec: RunSpec, callbacks: list[L.Callback], updates_per_batch: int = 1, **overrides
+) -> L.Trainer:
+    """The Trainer of every run: step-indexed data (each rank takes its slice itself), a checkpoint every
+    `ckpt_every` steps plus the last one, progress.json, the progress bar and a CSV log. `updates_per_batch`:
+    optimizer steps per batch (manual optimisation), which Lightning's step counters count."""
+    out, mu = Path(spec.out_dir), updates_per_batch
+    bar = progress_bar()
+    options = dict(
+        accelerator=spec.accelerator,
+        devices=spec.devices,
+        num_nodes=spec.num_nodes,
+        strategy=spec.strategy,
+        precision=_precision(spec),
+        max_steps=spec.max_steps * mu,
+        accumulate_grad_batches=spec.accumulate,
+        gradient_clip_val=spec.grad_clip or None,
+        val_check_interval=spec.val_every * spec.accumulate,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        deterministic=True,
+        logger=CSVLogger(out / "logs", name="", version=""),
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                every_n_train_steps=spec.ckpt_every * mu,
+                save_last=True,
+                save_top_k=1,
+                monitor="step",
+                mode="max",
+                filename="step{step:06d}",
+                auto_insert_metric_name=False,
+            ),
+            *callbacks,
+            ProgressFile(out / "progress.json", every=max(1, min(10, spec.max_steps // 10)) * mu),
+            *bar,
+        ],
+        enable_progress_bar=bool(bar),
+        enable_model_summary=False,
+        log_every_n_steps=min(10, spec.max_steps),
+    )
+    return L.Trainer(**{**options, **overrides})
 
 
 def _strategy(spec: TrainSpec):
@@ -135,47 +192,19 @@ def build(spec: TrainSpec) -> tuple[L.Trainer, LitDecoder, TokenData]:
         spec.seed,
         spec.val_windows,
     )
-    world = spec.num_nodes * (spec.devices if isinstance(spec.devices, int) else 1)
-    tokens_per_step = spec.micro_batch * spec.accumulate * world * module.model_cfg.context
-    bar = progress_bar()
-    trainer = L.Trainer(
-        accelerator=spec.accelerator,
-        devices=spec.devices,
-        num_nodes=spec.num_nodes,
+    tokens_per_step = spec.micro_batch * spec.accumulate * spec.world * module.model_cfg.context
+    out = Path(spec.out_dir)
+    throughput = Throughput(
+        tokens_per_step, module.model.flops_per_token(module.model_cfg.context), spec.peak_flops
+    )
+    trainer = make_trainer(
+        spec,
+        [throughput],
         strategy=_strategy(spec),
-        precision=_precision(spec),
-        max_steps=spec.max_steps,
-        accumulate_grad_batches=spec.accumulate,
-        gradient_clip_val=spec.grad_clip or None,
-        val_check_interval=spec.val_every * spec.accumulate,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # the data module gives each rank its slice of every step
-        deterministic=True,
         logger=[
             CSVLogger(out / "logs", name="", version=""),
             TensorBoardLogger(out / "logs", name="", version="tb"),
         ],
-        callbacks=[
-            ModelCheckpoint(
-                dirpath=out / "checkpoints",
-                every_n_train_steps=spec.ckpt_every,
-                save_last=True,
-                save_top_k=1,
-                monitor="step",
-                mode="max",
-                filename="step{step:06d}",
-                auto_insert_metric_name=False,
-            ),
-            Throughput(
-                tokens_per_step, module.model.flops_per_token(module.model_cfg.context), spec.peak_flops
-            ),
-            ProgressFile(out / "progress.json"),
-            *bar,
-        ],
-        enable_progress_bar=bool(bar),
-        enable_model_summary=False,
-        log_every_n_steps=10,
     )
     return trainer, module, data
 
