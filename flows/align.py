@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.align import base_manifest
 from tasks.align_steps import dpo_task, reward_model_task
 from tasks.config import DPOConfig, RewardModelConfig
 from tasks.errors import ForjaInputError
 from tasks.manifest import Manifest
+from tasks.posttrain import manifest_at
 from tasks.storage import Storage
 
 
@@ -27,7 +27,7 @@ def dpo_flow(
     if base is None:
         if not config.base:
             raise ForjaInputError("no model to tune: pass a base manifest or set dpo.base (a stage folder)")
-        base = base_manifest(config.base)
+        base = manifest_at(config.base, "dpo.base")
     root = Storage(storage)
     results = {"dpo": dpo_task(root, config, base, None, inputs)}
     if reward.enabled:

@@ -270,12 +270,12 @@ def sft(
 
     def body():
         from flows.finetune import sft_flow
-        from tasks.sft import manifest_at
+        from tasks.posttrain import manifest_at
 
         cfg = _load(config, set_, storage)
         with StageProgress(total=1 if cfg.sft.base else 10):
             if cfg.sft.base:
-                base = manifest_at(cfg.sft.base)
+                base = manifest_at(cfg.sft.base, "sft.base")
             else:
                 from flows.pipeline import pipeline
 
@@ -300,10 +300,10 @@ def sft(
 def _tuned_model(cfg, stage_folder: str | None, setting: str):
     """The model a post-training command starts from: the stage folder in `setting`, else the recipe's SFT
     model (earlier stages run first if needed, cached)."""
-    from tasks.align import base_manifest
+    from tasks.posttrain import manifest_at
 
     if stage_folder:
-        return base_manifest(stage_folder, setting)
+        return manifest_at(stage_folder, setting)
     from flows.finetune import sft_flow
     from flows.pipeline import pipeline
 

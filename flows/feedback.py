@@ -13,12 +13,12 @@ from collections import Counter
 from prefect import flow, get_run_logger
 from prefect.flow_runs import pause_flow_run
 
-from tasks.align import base_manifest
 from tasks.config import FeedbackConfig
 from tasks.errors import ForjaInputError
 from tasks.feedback import PairLog, choice_record, pending_questions, question_form, read_candidates
 from tasks.feedback_steps import candidates_task, publish_session
 from tasks.manifest import Manifest
+from tasks.posttrain import manifest_at
 from tasks.storage import Storage
 
 
@@ -44,7 +44,7 @@ def feedback_flow(
     if model is None:
         if not config.model:
             raise ForjaInputError("no model to ask: pass a model manifest or set feedback.model")
-        model = base_manifest(config.model, "feedback.model")
+        model = manifest_at(config.model, "feedback.model")
     root = Storage(storage)
     cands = candidates_task(root, config, model, prompts)
     log = PairLog(root, config.collection)

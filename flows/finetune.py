@@ -7,7 +7,7 @@ from prefect import flow
 from tasks.config import SFTConfig
 from tasks.errors import ForjaInputError
 from tasks.manifest import Manifest
-from tasks.sft import manifest_at
+from tasks.posttrain import manifest_at
 from tasks.sft_steps import sft_task
 from tasks.storage import Storage
 
@@ -25,5 +25,5 @@ def sft_flow(
     if base is None:
         if not config.base:
             raise ForjaInputError("no model to fine-tune: pass a base manifest or set sft.base")
-        base = manifest_at(config.base)
+        base = manifest_at(config.base, "sft.base")
     return sft_task(Storage(storage), config, base, None, inputs)

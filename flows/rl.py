@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.align import base_manifest
 from tasks.config import RLConfig
 from tasks.manifest import Manifest
+from tasks.posttrain import manifest_at
 from tasks.rl_steps import rl_task
 from tasks.storage import Storage
 
@@ -24,5 +24,5 @@ def rl_flow(
     if base is None:
         if not config.base:
             raise ValueError("rl_flow needs a base manifest or config.base (a stage folder)")
-        base = base_manifest(config.base, "rl.base")
+        base = manifest_at(config.base, "rl.base")
     return rl_task(Storage(storage), config, base, None, inputs)

@@ -13,18 +13,25 @@ base, data and settings find the finished run and do no work. The manifest's inp
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tasks import chat_data, preference_data
 from tasks.config import DPOConfig, PairDataSection, PreferenceTraining, RewardModelConfig
-from tasks.errors import ForjaInputError
-from tasks.launcher import cache_root, local_copy, run_training
-from tasks.manifest import MANIFEST, Manifest, StageDir, code_version, run_stage
-from tasks.sft import FRAME_MODULES, TRAINER_FIELDS, context_of, data_digests, storage_of, tokenizer_of
-from tasks.storage import Storage, open_url
+from tasks.launcher import cache_root, run_training
+from tasks.manifest import Manifest, StageDir, code_version, run_stage
+from tasks.posttrain import (
+    FRAME_MODULES,
+    check_training,
+    data_digests,
+    local_models,
+    policy_spec,
+    run_report,
+    tokenizer_of,
+)
+from tasks.sft import TRAINER_FIELDS
+from tasks.storage import Storage
 
 COMMON_MODULES = (
     "models.pair_data",
@@ -36,33 +43,6 @@ COMMON_MODULES = (
 PAIR_FIELDS = set(PairDataSection.model_fields) - {"data"}
 
 
-def base_manifest(url: str, setting: str = "dpo.base") -> Manifest:
-    """The manifest of a finished stage folder given by URL or path (or of its manifest.json)."""
-    url = url.rstrip("/").removesuffix("/" + MANIFEST)
-    try:
-        with open_url(f"{url}/{MANIFEST}") as f:
-            return Manifest.model_validate_json(f.read())
-    except FileNotFoundError:
-        raise ForjaInputError(
-            f"{url}: no {MANIFEST}; {setting} must be a finished stage folder such as forja-store/sft/<key>"
-        ) from None
-
-
-def check_training(section: str, cfg: PreferenceTraining) -> None:
-    """Reject settings the trainer would refuse, before anything runs (the message names the key)."""
-    from models.lightning import OptimConfig
-    from models.lora import LoraSettings
-
-    try:
-        OptimConfig(**cfg.optim)
-    except TypeError as e:
-        raise ForjaInputError(f"{section}.optim: {e}") from None
-    try:
-        LoraSettings(**cfg.lora.model_dump())
-    except ValueError as e:
-        raise ForjaInputError(f"{section}.{e}") from None
-
-
 def _train_on_pairs(
     storage: Storage,
     stage: str,
@@ -72,7 +52,7 @@ def _train_on_pairs(
     base: Manifest,
     tokenizer: Manifest | None,
     inputs: list[str] | None,
-    spec_extra: Callable[[object], dict],
+    spec_extra: Callable[[], dict],
 ) -> Manifest:
     """The frame both stages share: key, local copies of base and tokenizer, pairs, launch, stats."""
     tokenizer = tokenizer or tokenizer_of(base)
@@ -84,14 +64,9 @@ def _train_on_pairs(
     }
 
     def build(out: StageDir) -> dict:
-        from models.chat import ChatTemplate
-
         check_training(stage, cfg)
-        cache = cache_root()
-        base_dir = local_copy(storage_of(base), base.stage, base.key, cache, "export")
-        tokenizer_dir = local_copy(storage_of(tokenizer), tokenizer.stage, tokenizer.key, cache, "hf")
-        template = ChatTemplate.from_file(tokenizer_dir)
-        context = context_of(base_dir)
+        models = local_models(base, tokenizer, cache_root())
+        template, context = models.template(), models.context
         max_length = min(pairs.max_length or context, context)
         data: dict = {}
 
@@ -101,34 +76,11 @@ def _train_on_pairs(
                     files, pairs.on_bad_input, pairs.val_fraction, template, max_length, run_dir / "data"
                 )
             )
-            return {
-                "out_dir": str(run_dir),
-                "base": str(base_dir),
-                "data_dir": str(run_dir / "data"),
-                "tokenizer_dir": str(tokenizer_dir),
-                "lora": cfg.lora.model_dump(),
-                "optim": cfg.optim,
-                "pad_id": template.pad_id,
-                **cfg.model_dump(include=TRAINER_FIELDS),
-                **spec_extra(template),
-            }
+            return policy_spec(run_dir, models, cfg, TRAINER_FIELDS, pad_id=template.pad_id, **spec_extra())
 
         run_dir = run_training(storage, out, entry, spec, cfg.launcher, cfg.num_nodes, cfg.devices)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        history = metrics.pop("history")
-        samples = json.loads((run_dir / "samples.json").read_text())
-        return {
-            **metrics,
-            "data": data,
-            "evaluations": [r for r in history if "val/loss" in r],
-            "samples": samples[-1]["samples"] if samples else {},
-            "samples_before": samples[0]["samples"] if len(samples) > 1 else {},
-            "base": base.url,
-            "base_stage": base.stage,
-            "adapter": out.url("adapter"),
-            "export": out.url("export"),
-            "curves": out.url("curves.png"),
-        }
+        report, _ = run_report(run_dir, out, base, "val/loss")
+        return {**report, "data": data, "curves": out.url("curves.png")}
 
     # models.reward builds on models.dpo: both are hashed for the reward model
     modules = (entry, "models.dpo") if entry != "models.dpo" else (entry,)
@@ -145,7 +97,7 @@ def dpo(
 ) -> Manifest:
     """DPO of `base` (an sft, pretrain or dpo stage) on preference pairs; `inputs` replace `cfg.data`."""
 
-    def extra(template) -> dict:
+    def extra() -> dict:
         return {
             "beta": cfg.beta,
             "label_smoothing": cfg.label_smoothing,
@@ -166,7 +118,7 @@ def reward_model(
     """A Bradley-Terry reward model on `base` (its decoder plus a scalar head), trained on the pairs of
     `pairs.data` (or `inputs`) with `pairs`' reading settings: the same pairs DPO uses."""
 
-    def extra(template) -> dict:
+    def extra() -> dict:
         return {"center_coef": cfg.center_coef}
 
     stage, entry = "reward_model", "models.reward"

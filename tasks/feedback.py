@@ -33,7 +33,7 @@ from tasks.errors import ForjaInputError
 from tasks.launcher import cache_root, local_copy
 from tasks.locks import exclusive
 from tasks.manifest import Manifest, StageDir, canonical_json, code_version, read_manifest, run_stage
-from tasks.sft import data_digests, storage_of, tokenizer_of
+from tasks.posttrain import data_digests, folder_files, local_folder, storage_of, tokenizer_of
 from tasks.storage import Storage, open_url
 
 STAGE = "candidates"
@@ -183,35 +183,6 @@ def sample_pairs(policy, template, prompts: list[Prompt], cfg: FeedbackConfig) -
     return two_answers(draws)
 
 
-def folder_files(url: str) -> list[str]:
-    """The files below a folder URL, sorted (for their digests)."""
-    from fsspec.core import url_to_fs
-
-    from tasks.storage import storage_options
-
-    fs, path = url_to_fs(url, **storage_options(url))
-    if not fs.isdir(path):
-        raise ForjaInputError(f"feedback.adapter {url}: not a folder; pass a peft adapter folder")
-    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
-    return [protocol + p for p in sorted(fs.find(path))]
-
-
-def local_folder(url: str, cache):
-    """A local path for a folder URL: itself when local, else a copy in the cache named by its URL."""
-    from pathlib import Path
-
-    if "://" not in url:
-        return Path(url)
-    from fsspec.core import url_to_fs
-
-    from tasks.storage import storage_options
-
-    target = cache / "folders" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    fs, path = url_to_fs(url, **storage_options(url))
-    fs.get(path.rstrip("/") + "/", str(target) + "/", recursive=True)
-    return target
-
-
 SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "tries", "seed")
 
 
@@ -229,7 +200,7 @@ def candidates(
     keyed = {
         **cfg.model_dump(mode="json", include=set(SAMPLING)),
         "prompts": data_digests(files),
-        "adapter": data_digests(folder_files(cfg.adapter)) if cfg.adapter else adapter,
+        "adapter": data_digests(folder_files(cfg.adapter, "feedback.adapter")) if cfg.adapter else adapter,
     }
 
     def build(out: StageDir) -> dict:

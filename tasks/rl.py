@@ -11,19 +11,29 @@ loadable), `checkpoints/`, `logs/`, `metrics.json`, `samples.json` (held-out ans
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
 from tasks import rl_data
-from tasks.align import base_manifest, check_training
 from tasks.config import PLACEMENT_FIELDS, RLConfig
 from tasks.errors import ForjaInputError
 from tasks.launcher import cache_root, local_copy, run_training
-from tasks.manifest import MANIFEST, Manifest, StageDir, code_version, run_stage
-from tasks.sft import FRAME_MODULES, context_of, data_digests, storage_of, tokenizer_of
-from tasks.storage import Storage, open_url, storage_options
+from tasks.manifest import Manifest, StageDir, code_version, run_stage
+from tasks.posttrain import (
+    FRAME_MODULES,
+    check_training,
+    data_digests,
+    folder_files,
+    is_stage,
+    local_folder,
+    local_models,
+    manifest_at,
+    policy_spec,
+    run_report,
+    storage_of,
+    tokenizer_of,
+)
+from tasks.storage import Storage
 
 STAGE = "rl"
 ENTRY = "models.grpo"
@@ -71,51 +81,18 @@ def check_rewards(cfg: RLConfig) -> None:
             raise ForjaInputError(f"rl.rewards: {e}") from None
 
 
-def _is_stage(url: str) -> bool:
-    try:
-        with open_url(f"{url.rstrip('/')}/{MANIFEST}"):
-            return True
-    except FileNotFoundError:
-        return False
-
-
-def _folder_files(url: str) -> list[str]:
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(url, **storage_options(url))
-    if not fs.isdir(path):
-        raise ForjaInputError(f"{url}: not a folder; rl.rewards' path must be a reward model folder")
-    protocol = "" if "://" not in url else url.split("://", 1)[0] + "://"
-    return [protocol + p for p in sorted(fs.find(path))]
-
-
 def reward_sources(cfg: RLConfig) -> tuple[dict[str, Manifest], dict[str, list]]:
     """(stages the rewards read, for the lineage; digests of plain folders they read, for the key)."""
     stages, digests = {}, {}
     for r in cfg.rewards:
         if not r.path:
             continue
-        if _is_stage(r.path):
-            stages[r.name] = base_manifest(r.path, f"rl.rewards[{r.name}].path")
+        setting = f"rl.rewards[{r.name}].path"
+        if is_stage(r.path):
+            stages[r.name] = manifest_at(r.path, setting)
         else:
-            digests[r.name] = data_digests(_folder_files(r.path))
+            digests[r.name] = data_digests(folder_files(r.path, setting))
     return stages, digests
-
-
-def local_reward_path(url: str, stage: Manifest | None, cache: Path) -> str:
-    """A local folder with the reward model's files."""
-    if stage is not None:
-        return str(local_copy(storage_of(stage), stage.stage, stage.key, cache))
-    if "://" not in url:
-        return url
-    from fsspec.core import url_to_fs
-
-    target = cache / "reward-models" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    if not (target / ".complete").exists():
-        fs, path = url_to_fs(url, **storage_options(url))
-        fs.get(path.rstrip("/") + "/", str(target) + "/", recursive=True)
-        (target / ".complete").touch()
-    return str(target)
 
 
 def curve_rows(history: list[dict]) -> list[dict]:
@@ -154,53 +131,42 @@ def rl(
     }
 
     def build(out: StageDir) -> dict:
-        from models.chat import ChatTemplate
-
         check_training("rl", cfg)
         cache = cache_root()
-        base_dir = local_copy(storage_of(base), base.stage, base.key, cache, "export")
-        tokenizer_dir = local_copy(storage_of(tokenizer), tokenizer.stage, tokenizer.key, cache, "hf")
-        template = ChatTemplate.from_file(tokenizer_dir)
-        context = context_of(base_dir)
+        models = local_models(base, tokenizer, cache)
+        template = models.template()
         rewards = []
         for r in cfg.rewards:
             entry = {"name": r.name, "weight": r.weight, **r.options}
             if r.path:
-                entry["path"] = local_reward_path(r.path, reward_stages.get(r.name), cache)
+                stage = reward_stages.get(r.name)
+                entry["path"] = str(
+                    local_copy(storage_of(stage), stage.stage, stage.key, cache)
+                    if stage is not None
+                    else local_folder(r.path, cache)
+                )
             rewards.append(entry)
         data: dict = {}
 
         def spec(run_dir: Path) -> dict:
-            data.update(rl_data.prepare_prompts(files, cfg, template, context, run_dir / "data"))
-            return {
-                "out_dir": str(run_dir),
-                "base": str(base_dir),
-                "data_dir": str(run_dir / "data"),
-                "tokenizer_dir": str(tokenizer_dir),
-                "lora": cfg.lora.model_dump(),
-                "optim": cfg.optim,
-                "micro_batch": cfg.prompts_per_step,
-                "max_steps": cfg.steps,
-                "rewards": rewards,
-                **cfg.model_dump(include=TRAINER_FIELDS),
-            }
+            data.update(rl_data.prepare_prompts(files, cfg, template, models.context, run_dir / "data"))
+            return policy_spec(
+                run_dir,
+                models,
+                cfg,
+                TRAINER_FIELDS,
+                micro_batch=cfg.prompts_per_step,
+                max_steps=cfg.steps,
+                rewards=rewards,
+            )
 
         run_dir = run_training(storage, out, ENTRY, spec, cfg.launcher, cfg.num_nodes, cfg.devices)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        history = metrics.pop("history")
-        samples = json.loads((run_dir / "samples.json").read_text())
+        report, history = run_report(run_dir, out, base, "val/reward")
         return {
-            **{k: v for k, v in metrics.items() if not k.startswith("val_loss")},
+            **{k: v for k, v in report.items() if not k.startswith("val_loss")},
             "data": data,
             "rewards": [{"name": r.name, "weight": r.weight} for r in cfg.rewards],
             "curve": curve_rows(history),
-            "evaluations": [r for r in history if "val/reward" in r],
-            "samples": samples[-1]["samples"] if samples else [],
-            "samples_before": samples[0]["samples"] if len(samples) > 1 else [],
-            "base": base.url,
-            "base_stage": base.stage,
-            "adapter": out.url("adapter"),
-            "export": out.url("export"),
             "curves": out.url("curves.png"),
         }
 

@@ -19,33 +19,27 @@ from tasks import chat_data
 from tasks.chat_data import encode_conversations, expand_inputs, read_chat_files, require_usable
 from tasks.config import PLACEMENT_FIELDS, SFTConfig
 from tasks.errors import ForjaInputError
-from tasks.launcher import cache_root, local_copy, run_training
+from tasks.launcher import cache_root, run_training
 from tasks.manifest import (
-    MANIFEST,
     Manifest,
     StageDir,
     canonical_json,
     code_version,
-    read_manifest,
     run_stage,
 )
-from tasks.storage import Storage, open_url
+from tasks.posttrain import (
+    FRAME_MODULES,
+    check_training,
+    data_digests,
+    local_models,
+    policy_spec,
+    run_report,
+    tokenizer_of,
+)
+from tasks.storage import Storage
 
 STAGE = "sft"
 ENTRY = "models.sft"
-# The post-training frame: every post-training stage's code version covers these modules
-FRAME_MODULES = (
-    "models.posttrain",
-    "models.chat",
-    "models.lora",
-    "models.policy",
-    "models.load",
-    "models.export",
-    "models.model",
-    "models.data",
-    "models.lightning",
-    "models.train",
-)
 MODEL_MODULES = ("models.sft", "models.sft_data", *FRAME_MODULES)
 # Config fields that go to the trainer as they are
 TRAINER_FIELDS = {
@@ -58,70 +52,10 @@ TRAINER_FIELDS = {
 } | PLACEMENT_FIELDS
 
 
-def storage_of(manifest: Manifest) -> Storage:
-    """The storage root a manifest lives in (its url is `<root>/<stage>/<key>`)."""
-    return Storage(manifest.url.rsplit("/", 2)[0])
-
-
-def manifest_at(url: str) -> Manifest:
-    """The manifest of a stage folder given by URL or path (or of its manifest.json)."""
-    url = url.rstrip("/").removesuffix("/" + MANIFEST)
-    try:
-        with open_url(f"{url}/{MANIFEST}") as f:
-            return Manifest.model_validate_json(f.read())
-    except FileNotFoundError:
-        raise ForjaInputError(
-            f"{url}: no {MANIFEST}; sft.base must be a finished stage folder such as "
-            "forja-store/pretrain/<key>"
-        ) from None
-
-
-def tokenizer_of(base: Manifest) -> Manifest:
-    """The tokenizer stage a base model was trained with (its lineage)."""
-    ref = base.inputs.get("tokenizer")
-    found = read_manifest(Storage(ref.url.rsplit("/", 2)[0]), ref.stage, ref.key) if ref else None
-    if found is None:
-        raise ForjaInputError(f"{base.url}: its tokenizer stage is missing from its lineage or storage")
-    return found
-
-
-def data_digests(files: list[str]) -> list[dict]:
-    """Name, size and sha256 of each data file, in order: the data's part of the stage key."""
-    out = []
-    for url in files:
-        h, size = hashlib.sha256(), 0
-        with open_url(url) as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-        out.append({"name": url.rstrip("/").rsplit("/", 1)[-1], "bytes": size, "sha256": h.hexdigest()})
-    return out
-
-
 def is_val(messages: list[dict], fraction: float) -> bool:
     """Held out by a hash of the conversation's content: stable, and duplicates land on the same side."""
     digest = hashlib.sha256(canonical_json(messages).encode()).digest()
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
-
-
-def context_of(export_dir: Path) -> int:
-    config = json.loads((export_dir / "config.json").read_text())
-    return int(config.get("n_positions") or config["max_position_embeddings"])
-
-
-def check_settings(cfg: SFTConfig) -> None:
-    """Reject settings the trainer would refuse, before anything runs (the message names the key)."""
-    from models.lightning import OptimConfig
-    from models.lora import LoraSettings
-
-    try:
-        OptimConfig(**cfg.optim)
-    except TypeError as e:
-        raise ForjaInputError(f"sft.optim: {e}") from None
-    try:
-        LoraSettings(**cfg.lora.model_dump())
-    except ValueError as e:
-        raise ForjaInputError(f"sft.{e}") from None
 
 
 def prepare_examples(files: list[str], cfg: SFTConfig, template, max_length: int, folder: Path) -> dict:
@@ -169,44 +103,20 @@ def sft(
     }
 
     def build(out: StageDir) -> dict:
-        from models.chat import ChatTemplate
-
-        check_settings(cfg)
-        cache = cache_root()
-        base_dir = local_copy(storage_of(base), base.stage, base.key, cache, "export")
-        tokenizer_dir = local_copy(storage_of(tokenizer), tokenizer.stage, tokenizer.key, cache, "hf")
-        template = ChatTemplate.from_file(tokenizer_dir)
-        context = context_of(base_dir)
+        check_training("sft", cfg)
+        models = local_models(base, tokenizer, cache_root())
+        template, context = models.template(), models.context
         max_length = min(cfg.max_length or context, context)
         data: dict = {}
 
         def spec(run_dir: Path) -> dict:
             data.update(prepare_examples(files, cfg, template, max_length, run_dir / "data"))
-            return {
-                "out_dir": str(run_dir),
-                "base": str(base_dir),
-                "data_dir": str(run_dir / "data"),
-                "tokenizer_dir": str(tokenizer_dir),
-                "lora": cfg.lora.model_dump(),
-                "optim": cfg.optim,
-                "samples": {"prompts": cfg.sample_prompts, "max_new_tokens": cfg.sample_tokens},
-                "pad_id": template.pad_id,
-                **cfg.model_dump(include=TRAINER_FIELDS),
-            }
+            samples = {"prompts": cfg.sample_prompts, "max_new_tokens": cfg.sample_tokens}
+            return policy_spec(run_dir, models, cfg, TRAINER_FIELDS, samples=samples, pad_id=template.pad_id)
 
         run_dir = run_training(storage, out, ENTRY, spec, cfg.launcher, cfg.num_nodes, cfg.devices)
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        samples = json.loads((run_dir / "samples.json").read_text())
-        return {
-            **{k: v for k, v in metrics.items() if k != "history"},
-            "data": data,
-            "evaluations": [r for r in metrics["history"] if "val/loss" in r],
-            "samples": samples[-1]["samples"] if samples else {},
-            "samples_before": samples[0]["samples"] if len(samples) > 1 else {},
-            "base": base.url,
-            "adapter": out.url("adapter"),
-            "export": out.url("export"),
-        }
+        report, _ = run_report(run_dir, out, base, "val/loss")
+        return {**report, "data": data}
 
     version = code_version(sys.modules[__name__], chat_data, *MODEL_MODULES)
     return run_stage(storage, STAGE, keyed, {base.stage: base, "tokenizer": tokenizer}, version, build)
