@@ -12,7 +12,6 @@ examples per step, and a resumed run needs only the step.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,6 @@ def pad_batch(
     return x, y
 
 
-@functools.lru_cache(maxsize=4)
 class ChatData(L.LightningDataModule):
     def __init__(self, folder: str | Path, micro_batch: int, accumulate: int, pad_id: int, seed: int = 0):
         super().__init__()
