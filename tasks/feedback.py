@@ -200,7 +200,9 @@ def candidates(
     keyed = {
         **cfg.model_dump(mode="json", include=set(SAMPLING)),
         "prompts": data_digests(files),
-        "adapter": data_digests(folder_files(cfg.adapter, "feedback.adapter")) if cfg.adapter else adapter,
+        "adapter": data_digests(folder_files(cfg.adapter, "feedback.adapter", "a peft adapter folder"))
+        if cfg.adapter
+        else adapter,
     }
 
     def build(out: StageDir) -> dict:

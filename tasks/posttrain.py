@@ -85,13 +85,14 @@ def data_digests(files: list[str]) -> list[dict]:
     return out
 
 
-def folder_files(url: str, setting: str) -> list[str]:
-    """The files below a folder URL, sorted (for their digests); `setting` names the recipe key."""
+def folder_files(url: str, setting: str, expected: str) -> list[str]:
+    """The files below a folder URL, sorted (for their digests); `setting` names the recipe key and
+    `expected` what its folder holds, for the error."""
     from fsspec.core import url_to_fs
 
     fs, path = url_to_fs(url, **storage_options(url))
     if not fs.isdir(path):
-        raise ForjaInputError(f"{setting} {url}: not a folder")
+        raise ForjaInputError(f"{setting} {url}: not a folder; give {expected}")
     protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
     return [protocol + p for p in sorted(fs.find(path))]
 

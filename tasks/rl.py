@@ -91,7 +91,7 @@ def reward_sources(cfg: RLConfig) -> tuple[dict[str, Manifest], dict[str, list]]
         if is_stage(r.path):
             stages[r.name] = manifest_at(r.path, setting)
         else:
-            digests[r.name] = data_digests(folder_files(r.path, setting))
+            digests[r.name] = data_digests(folder_files(r.path, setting, "a reward model folder"))
     return stages, digests
 
 
