@@ -218,40 +218,33 @@ def _pipeline(config, set_, storage, input_, as_json, until: str | None) -> None
     _run(body)
 
 
-@app.command()
-def run(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    storage: StorageOpt = None,
-    input_: InputOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Run the whole pipeline on the recipe (default: the bundled sample, on CPU)."""
-    _pipeline(config, set_, storage, input_, as_json, until=None)
+def _pipeline_command(name: str, until: str | None, doc: str) -> None:
+    """`forja run`, `forja tokenizer`, `forja pretrain`: the pipeline up to a stage."""
+
+    def command(
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        storage: StorageOpt = None,
+        input_: InputOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        _pipeline(config, set_, storage, input_, as_json, until)
+
+    command.__doc__ = doc
+    app.command(name)(command)
 
 
-@app.command()
-def tokenizer(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    storage: StorageOpt = None,
-    input_: InputOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Train the tokenizer on the corpus (built first if needed) and tokenize it into shards."""
-    _pipeline(config, set_, storage, input_, as_json, until="tokenizer")
-
-
-@app.command()
-def pretrain(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    storage: StorageOpt = None,
-    input_: InputOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Pretrain the decoder on the token shards (earlier stages run first if needed, cached)."""
-    _pipeline(config, set_, storage, input_, as_json, until="pretrain")
+_pipeline_command("run", None, "Run the whole pipeline on the recipe (default: the bundled sample, on CPU).")
+_pipeline_command(
+    "tokenizer",
+    "tokenizer",
+    "Train the tokenizer on the corpus (built first if needed) and tokenize it into shards.",
+)
+_pipeline_command(
+    "pretrain",
+    "pretrain",
+    "Pretrain the decoder on the token shards (earlier stages run first if needed, cached).",
+)
 
 
 @app.command()
