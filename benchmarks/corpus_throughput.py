@@ -41,7 +41,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict, deque
 from datetime import UTC, datetime
@@ -67,7 +66,7 @@ from datatrove.pipeline.dedup.exact_dedup import (  # noqa: E402
     ExactDedupSignature,
     ExactFindDedups,
 )
-from machine_load import ProcessTree  # noqa: E402 - next to this script
+from machine_load import ProcessTree, scratch  # noqa: E402 - next to this script
 
 from tasks.config import CorpusConfig, load_config  # noqa: E402
 from tasks.corpus.clean import clean, clean_steps  # noqa: E402
@@ -650,29 +649,9 @@ def main() -> int:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.minhash_docs = args.minhash_docs or (250 if args.quick else 1500)
 
-    work = Path(tempfile.mkdtemp(prefix="forja-corpus-bench-"))
-    log = work / "datatrove.log"
-    # datatrove logs every task to stderr, from this process and from its workers: into a file instead.
     sys.stdout.reconfigure(line_buffering=True)
-    saved_stderr = os.dup(2)
-    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    failed = True
-    try:
+    with scratch("forja-corpus-bench-", args.keep) as work:
         report = run(args, work)
-        failed = False
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved_stderr, 2)
-        os.close(saved_stderr)
-        if failed:
-            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
-            print("\n".join(["log tail:", *tail]), file=sys.stderr)
-        if args.keep or failed:
-            print(f"scratch folder kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     rows = report["summary"]
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)

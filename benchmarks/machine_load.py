@@ -1,12 +1,18 @@
 """What a benchmark run used: CPU time and memory of this process tree, and the load other programs put on
-the machine meanwhile. Shared by the benchmarks that run stages across worker processes."""
+the machine meanwhile; and the scratch folder it runs in. Shared by the benchmarks that run stages across
+worker processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 
@@ -68,3 +74,31 @@ class ProcessTree:
         others = max(0.0, busy - self.cpu_seconds)
         self.wall = wall
         self.others_share = round(others / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else 0.0
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A scratch folder for a run, with this process's stderr sent to `datatrove.log` in it (datatrove logs
+    every task there, from this process and from its workers). If the run fails, the log's tail is
+    printed and the folder kept; otherwise the folder is removed unless `keep`."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    log = work / "datatrove.log"
+    saved_stderr = os.dup(2)
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    failed = True
+    try:
+        yield work
+        failed = False
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        if failed:
+            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
+            print("\n".join(["log tail:", *tail]), file=sys.stderr)
+        if keep or failed:
+            print(f"scratch folder kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)

@@ -38,7 +38,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -50,7 +49,7 @@ sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
 import sentencepiece as spm  # noqa: E402
 from datatrove.data import Document  # noqa: E402
-from machine_load import ProcessTree  # noqa: E402 - next to this script
+from machine_load import ProcessTree, scratch  # noqa: E402 - next to this script
 
 from tasks.config import ShardsConfig, TokenizerConfig, load_config  # noqa: E402
 from tasks.corpus.collect import collect  # noqa: E402
@@ -401,27 +400,8 @@ def main() -> int:
     if args.max_wait < 0:
         args.max_wait = 0 if args.quick else 60
 
-    work = Path(tempfile.mkdtemp(prefix="forja-tokenize-bench-"))
-    log = work / "datatrove.log"
-    # datatrove logs every task to stderr, from this process and its workers: into a file instead.
-    saved_stderr = os.dup(2)
-    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(log_fd, 2)
-    failed = True
-    try:
+    with scratch("forja-tokenize-bench-", args.keep) as work:
         report = run(args, work)
-        failed = False
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved_stderr, 2)
-        os.close(log_fd)
-        if failed:
-            tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
-            print("\n".join(["log tail:", *tail]), file=sys.stderr)
-        if args.keep or failed:
-            print(f"scratch folder kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     print_table(report["summary"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
