@@ -168,13 +168,7 @@ class BareLoop:
         self.device = torch.device("cuda" if cuda else "cpu")
         self.model = Decoder(self.cfg).to(self.device)
         o = OptimConfig(**{**spec.optim, "max_steps": spec.max_steps})  # what build() passes to LitDecoder
-        self.opt = torch.optim.AdamW(
-            self.model.param_groups(o.weight_decay, o.decay_embeddings),
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-        )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: o.lr_at(step) / o.lr)
+        self.opt, self.sched = o.adamw(self.model.param_groups(o.weight_decay, o.decay_embeddings))
         self.forward = torch.compile(self.model) if compile_model else self.model
         data = RandomWindows(ShardSet.open(spec.shards_dir, "train"), self.cfg.context, spec.seed)
         sampler = StepSampler(spec.micro_batch, spec.accumulate, 0, 1, start_step=lambda: 0)

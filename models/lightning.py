@@ -34,6 +34,16 @@ class OptimConfig:
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
 
+    def adamw(self, groups: list[dict]) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW over the parameter groups, with this warmup + cosine schedule stepped once per step."""
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=(self.beta1, self.beta2), eps=self.eps)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_at(step) / self.lr)
+
+    def lightning(self, groups: list[dict]) -> dict:
+        """`adamw` as a LightningModule's configure_optimizers returns it."""
+        opt, sched = self.adamw(groups)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
 
 @dataclass
 class SampleConfig:
@@ -114,14 +124,7 @@ class LitDecoder(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.AdamW(
-            self.model.param_groups(o.weight_decay, o.decay_embeddings),
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_at(step) / o.lr)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return o.lightning(self.model.param_groups(o.weight_decay, o.decay_embeddings))
 
     # Exact resume: Lightning restores weights, optimizer, scheduler and the step (hence the data position);
     # the random generators (dropout, sampling) travel in the checkpoint too.

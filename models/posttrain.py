@@ -66,14 +66,7 @@ class PolicyModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        opt = torch.optim.AdamW(
-            self.decoder.param_groups(o.weight_decay, o.decay_embeddings),
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_at(step) / o.lr)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return o.lightning(self.decoder.param_groups(o.weight_decay, o.decay_embeddings))
 
     def generate_samples(self) -> dict[str, str]:
         prompts = self.sample_cfg["prompts"]

@@ -85,9 +85,7 @@ class LitReward(PolicyModule):
         o = self.optim
         groups = self.decoder.param_groups(o.weight_decay, o.decay_embeddings)
         groups.append({"params": list(self.head.parameters()), "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_at(step) / o.lr)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return o.lightning(groups)
 
     def training_step(self, batch, batch_idx):
         out = self.preference(batch)
